@@ -1,0 +1,3 @@
+"""Per-peer reputation, status announcements and supernode election. Built by the Reputation
+issue.
+"""
