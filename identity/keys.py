@@ -1,0 +1,129 @@
+"""The node's key pair and the key file that holds it.
+
+Rules:
+- A node has one key pair for life; its peer ID is derived from the public key, so the peer ID
+  is stable across restarts as long as ``<home>/identity.key`` is kept.
+- secp256k1 is the default key type (the design's choice; coincurve does the curve work),
+  ed25519 is an option.
+- The file holds the libp2p ``PrivateKey`` protobuf (the same bytes go-libp2p and kubo export),
+  so a key can move between implementations.
+- The file is created with mode 0600 and never exists with wider rights, even briefly. A key
+  file that group or others can read or write, or that does not decode, is refused with one
+  line that says what to do, as ssh does: a leaked key is a stolen identity.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from libp2p.crypto import ed25519, secp256k1
+from libp2p.crypto.keys import KeyPair, PrivateKey
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.peer.id import ID
+
+KEY_FILE_NAME = "identity.key"
+
+# A serialized libp2p private key is a few dozen bytes; anything much larger is not a key file.
+MAX_KEY_FILE_BYTES = 4096
+
+
+class IdentityError(Exception):
+    """The key file is missing, unreadable, too open or corrupt; the message says which."""
+
+
+class KeyType(enum.StrEnum):
+    SECP256K1 = "secp256k1"
+    ED25519 = "ed25519"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A key pair and the peer ID derived from it."""
+
+    key_pair: KeyPair
+    peer_id: ID
+
+    @classmethod
+    def from_private_key(cls, private_key: PrivateKey) -> Identity:
+        key_pair = KeyPair(private_key, private_key.get_public_key())
+        return cls(key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key))
+
+    @property
+    def key_type(self) -> KeyType:
+        return KeyType(self.key_pair.private_key.get_type().name.lower())
+
+
+def generate_identity(key_type: KeyType = KeyType.SECP256K1) -> Identity:
+    if key_type is KeyType.SECP256K1:
+        key_pair = secp256k1.create_new_key_pair()
+    else:
+        key_pair = ed25519.create_new_key_pair()
+    return Identity.from_private_key(key_pair.private_key)
+
+
+def write_key_file(path: Path, identity: Identity) -> None:
+    """Write ``identity`` to a new file at ``path`` with mode 0600.
+
+    The file is opened with O_EXCL and its mode at creation, so there is no moment at which
+    another user could read it. An existing file is never overwritten: that would change the
+    node's peer ID.
+    """
+    data = identity.key_pair.private_key.serialize()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise IdentityError(f"{path}: a key file already exists; refusing to overwrite it") from None
+    except OSError as error:
+        raise IdentityError(f"{path}: cannot create the key file: {error.strerror}") from None
+    with os.fdopen(fd, "wb") as key_file:
+        key_file.write(data)
+        key_file.flush()
+        os.fsync(key_file.fileno())
+
+
+def load_key_file(path: Path) -> Identity:
+    """Read the key file at ``path``; refuse it if it is too open or corrupt."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise IdentityError(f"{path}: no key file; run `threatmesh init` first") from None
+    except OSError as error:
+        raise IdentityError(f"{path}: cannot read the key file: {error.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise IdentityError(f"{path}: the key file is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise IdentityError(
+            f"{path}: permissions {mode:04o} are too open; the key must be readable by its "
+            f"owner only (run: chmod 600 {path})"
+        )
+    if info.st_size > MAX_KEY_FILE_BYTES:
+        raise IdentityError(f"{path}: the key file is corrupt (too large to be a key)")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise IdentityError(f"{path}: cannot read the key file: {error.strerror}") from None
+    try:
+        private_key = deserialize_private_key(data)
+    except Exception:  # protobuf, coincurve and nacl raise many types for garbage
+        raise IdentityError(f"{path}: the key file is corrupt (not a libp2p private key)") from None
+    if private_key.get_type().name.lower() not in {key_type.value for key_type in KeyType}:
+        raise IdentityError(
+            f"{path}: unsupported key type {private_key.get_type().name}; "
+            "threatmesh uses secp256k1 or ed25519"
+        )
+    return Identity.from_private_key(private_key)
+
+
+def load_or_create(home: Path, key_type: KeyType = KeyType.SECP256K1) -> tuple[Identity, bool]:
+    """Load ``<home>/identity.key``, creating it first if absent; return (identity, created)."""
+    path = home / KEY_FILE_NAME
+    if path.exists() or path.is_symlink():
+        return load_key_file(path), False
+    identity = generate_identity(key_type)
+    write_key_file(path, identity)
+    return identity, True

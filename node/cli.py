@@ -1,0 +1,206 @@
+"""The ``threatmesh`` command line.
+
+Rules: results go to stdout (``--json`` where a command reports), logs to stderr. A user
+mistake (bad path, address, key, config) prints one line ``threatmesh: error: ...`` and exits
+2; a failure of the running system (node not running, network) exits 1. Never a traceback for
+either.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from threatmesh.identity import IdentityError, KeyType
+from threatmesh.node.client import get_json
+from threatmesh.node.config import NodeConfig, load_config
+from threatmesh.node.errors import ApiError, ConfigError, HomeError, NodeError
+from threatmesh.node.home import Home, default_home
+from threatmesh.node.logs import configure_logging, get_logger
+from threatmesh.transports.errors import TransportError
+from threatmesh.transports.swarm_key import generate_swarm_key, write_swarm_key
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# On SIGINT/SIGTERM the node gets this long to stop its services before the process exits.
+SHUTDOWN_GRACE_S = 4.0
+
+app = typer.Typer(
+    name="threatmesh",
+    help="A peer-to-peer node for sharing threat-intelligence indicators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+log = get_logger("threatmesh.cli")
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="Node home (default $THREATMESH_HOME, else ~/.threatmesh)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+class UsageProblem(Exception):
+    """A mistake in what the user asked for; exits 2."""
+
+
+def _home(path: Path | None) -> Home:
+    return Home(path.expanduser() if path is not None else default_home())
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, sort_keys=True))
+
+
+@app.command()
+def init(
+    home: HomeOption = None,
+    key_type: Annotated[
+        KeyType, typer.Option("--key-type", help="Key type of a new identity.")
+    ] = KeyType.SECP256K1,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the home: key pair, config and API token (keeps what exists). Prints the peer ID."""
+    node_home = _home(home)
+    identity, created = node_home.init(key_type)
+    if as_json:
+        _print_json({"peer_id": identity.peer_id.to_base58(), "created": created,
+                     "home": str(node_home.path)})
+        return
+    typer.echo(identity.peer_id.to_base58())
+    verb = "created" if created else "already initialised"
+    typer.echo(f"{node_home.path}: {verb}", err=True)
+
+
+@app.command("id")
+def show_id(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Print this node's peer ID."""
+    identity = _home(home).identity()
+    if as_json:
+        _print_json({"peer_id": identity.peer_id.to_base58()})
+    else:
+        typer.echo(identity.peer_id.to_base58())
+
+
+@app.command("swarm-key")
+def swarm_key(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the new key (mode 0600).")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a new private-swarm key in the kubo/go-ipfs swarm.key format."""
+    write_swarm_key(out, generate_swarm_key(), overwrite=force)
+    typer.echo(str(out))
+
+
+@app.command()
+def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Ask the running node for its status."""
+    report = get_json(_home(home), "/v1/status")
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(f"peer id:  {report['peer_id']}")
+    typer.echo(f"swarm:    {report['swarm']}")
+    typer.echo(f"uptime:   {report['uptime_s']:.0f} s")
+    typer.echo(f"peers:    {len(report['peers'])}")
+    for addr in report["addrs"]:
+        typer.echo(f"address:  {addr}")
+
+
+@app.command()
+def run(
+    home: HomeOption = None,
+    listen: Annotated[
+        list[str] | None,
+        typer.Option("--listen", help="Listen multiaddr (repeatable). Default: TCP+QUIC :4001."),
+    ] = None,
+    bootstrap: Annotated[
+        list[str] | None,
+        typer.Option("--bootstrap", help="Peer multiaddr with /p2p/ to dial (repeatable)."),
+    ] = None,
+    swarm: Annotated[str | None, typer.Option("--swarm", help="Swarm name.")] = None,
+    psk: Annotated[
+        Path | None, typer.Option("--psk", help="Private-swarm key file (swarm.key format).")
+    ] = None,
+    api: Annotated[str | None, typer.Option("--api", help="Local API HOST:PORT.")] = None,
+    log_json: Annotated[
+        bool | None, typer.Option("--log-json/--log-text", help="Log JSON lines.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug|info|...")] = None,
+) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM."""
+    node_home = _home(home)
+    config = load_config(node_home.config_file).with_overrides(
+        listen=tuple(listen) if listen else None,
+        bootstrap=tuple(bootstrap) if bootstrap else None,
+        swarm=swarm,
+        psk_file=str(psk.expanduser().resolve()) if psk is not None else None,
+        api=api,
+        log_json=log_json,
+        log_level=log_level,
+    )
+    configure_logging(config.log_level, config.log_json)
+    _, created = node_home.init(KeyType(config.key_type))
+    if created:
+        typer.echo(f"{node_home.path}: created a new identity", err=True)
+    trio.run(_run_node, config, node_home)
+
+
+async def _run_node(config: NodeConfig, home: Home) -> None:
+    from threatmesh.node.node import Node  # the heavy imports only for `run`
+
+    node = Node(config, home)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            for addr in node.addrs:
+                typer.echo(addr)
+            typer.echo(f"api: {node.api_url}", err=True)
+            sys.stdout.flush()
+            async for signum in signals:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+            nursery.cancel_scope.cancel()
+
+
+# Errors that are the user's to fix: exit 2 with one line.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageProblem,
+    ConfigError,
+    HomeError,
+    IdentityError,
+    TransportError,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every known error into one line and an exit code."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.TyperException as error:  # click's usage errors (exit code 2) and others
+        message = error.format_message()
+        if "\n" in message:  # `threatmesh` alone: the help text, as it is
+            typer.echo(message, err=True)
+        else:
+            typer.echo(f"threatmesh: error: {message}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_FAILURE)
+    except USER_ERRORS as error:
+        typer.echo(f"threatmesh: error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (ApiError, NodeError) as error:
+        typer.echo(f"threatmesh: error: {error}", err=True)
+        sys.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

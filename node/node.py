@@ -1,0 +1,191 @@
+"""``Node``: one threatmesh node, its services under one trio nursery.
+
+Use it as an async context manager::
+
+    async with Node(config, home) as node:
+        print(node.addrs)
+
+or run it in a nursery of your own with ``await nursery.start(node.run)``. Either way the
+libp2p host and every service stop together when the scope ends: nothing outlives the node.
+
+``Node.run`` is the list of services; each is a short method that calls pure policy
+(``threatmesh.node.policy``) and carries out what it returns. Later issues add discovery,
+pubsub, store, sync and reputation services to that list.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr.utils import get_network_addrs
+
+from threatmesh.identity import Identity
+from threatmesh.node.api import build_api, serve_api
+from threatmesh.node.config import NodeConfig
+from threatmesh.node.errors import NodeError
+from threatmesh.node.home import Home
+from threatmesh.node.logs import get_logger
+from threatmesh.node.policy import bootstrap_delay_s, expand_unspecified, status_report
+from threatmesh.transports.addrs import parse_listen_addr, parse_peer_addr
+from threatmesh.transports.errors import TransportError
+from threatmesh.transports.libp2p_host import HostSettings, build_host, connect, is_connected
+from threatmesh.transports.swarm_key import load_swarm_key
+
+log = get_logger("threatmesh.node")
+
+
+def host_settings(config: NodeConfig, home: Home) -> HostSettings:
+    """The transport settings a config asks for (reads the swarm key file if one is set)."""
+    psk_path = config.psk_path(home.path)
+    return HostSettings(
+        listen_addrs=tuple(parse_listen_addr(addr) for addr in config.listen_addrs()),
+        psk=load_swarm_key(psk_path) if psk_path is not None else None,
+        security=config.security,
+        max_connections=config.max_connections,
+        max_streams=config.max_streams,
+        max_memory_mb=config.max_memory_mb,
+        dial_timeout_s=config.dial_timeout_s,
+    )
+
+
+class Node:
+    """A running threatmesh node. Construct, then ``async with`` (or ``nursery.start(run)``)."""
+
+    def __init__(self, config: NodeConfig, home: Home, identity: Identity | None = None) -> None:
+        self.config = config
+        self.home = home
+        self.identity = identity if identity is not None else home.identity()
+        self.settings = host_settings(config, home)
+        self.host: IHost = build_host(self.identity, self.settings)
+        self.api_url: str | None = None
+        self._api_token = home.ensure_api_token()
+        self._started_at: float | None = None
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            await self._nursery.start(self.run)
+        except BaseException as error:
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_manager.__aexit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
+        return result
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every service until cancelled. ``started`` once the node is listening."""
+        try:
+            async with self.host.run(self.settings.listen_addrs), trio.open_nursery() as services:
+                self.api_url = await services.start(self.serve_api)
+                services.start_soon(self.dial_bootstrap_peers)
+                self._started_at = trio.current_time()
+                log.info("node started", peer_id=str(self.peer_id), swarm=self.config.swarm)
+                task_status.started()
+        finally:
+            self.home.clear_api_addr()
+            self._started_at = None
+
+    # Services -------------------------------------------------------------------------
+
+    async def serve_api(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """The local HTTP API; its URL is written to ``<home>/api.addr`` once it listens."""
+
+        async def started(url: str) -> None:
+            self.home.write_api_addr(url)
+            task_status.started(url)
+
+        app = build_api(self.status, self._api_token)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_api, app, self.config.api)
+            await started(url)
+
+    async def dial_bootstrap_peers(self) -> None:
+        """Dial every configured bootstrap peer, each with its own capped backoff."""
+        async with trio.open_nursery() as nursery:
+            for text in self.config.bootstrap:
+                nursery.start_soon(self._dial_with_backoff, parse_peer_addr(text))
+
+    async def _dial_with_backoff(self, peer_info: PeerInfo) -> None:
+        for attempt in range(self.config.bootstrap_max_attempts):
+            await trio.sleep(
+                bootstrap_delay_s(attempt, self.config.bootstrap_backoff_cap_s, random.random())
+            )
+            if is_connected(self.host, peer_info):
+                return
+            try:
+                await connect(self.host, peer_info, timeout_s=self.config.dial_timeout_s)
+            except TransportError as error:
+                log.warning("bootstrap dial failed", attempt=attempt + 1, error=str(error))
+                continue
+            log.info("bootstrap peer connected", peer_id=str(peer_info.peer_id))
+            return
+        log.warning(
+            "bootstrap peer unreachable; giving up",
+            peer_id=str(peer_info.peer_id),
+            attempts=self.config.bootstrap_max_attempts,
+        )
+
+    # Views ----------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> Any:
+        return self.identity.peer_id
+
+    @property
+    def addrs(self) -> list[str]:
+        """Full multiaddrs (with ``/p2p/<peer id>``) others can dial."""
+        suffix = f"/p2p/{self.peer_id.to_base58()}"
+        listen = expand_unspecified(self.host.get_transport_addrs(), _interface_ips())
+        return [addr + suffix for addr in listen]
+
+    def peers(self) -> list[str]:
+        connections = self.host.get_network().connections
+        return [
+            peer_id.to_base58()
+            for peer_id, conns in list(connections.items())
+            if any(not getattr(conn, "is_closed", False) for conn in conns)
+        ]
+
+    def status(self) -> Mapping[str, Any]:
+        if self._started_at is None:
+            raise NodeError("the node is not running")
+        return status_report(
+            peer_id=self.peer_id.to_base58(),
+            addrs=self.addrs,
+            peers=self.peers(),
+            started_at=self._started_at,
+            now=trio.current_time(),
+            swarm=self.config.swarm,
+        )
+
+
+def _interface_ips() -> list[str]:
+    """This machine's interface addresses (loopback included), to expand 0.0.0.0 / ::."""
+    ips = ["127.0.0.1", "::1"]
+    for version in (4, 6):
+        try:
+            ips.extend(str(ip) for ip in get_network_addrs(version))
+        except Exception as error:  # interface enumeration is best effort
+            log.debug("cannot list interface addresses", ip_version=version, error=str(error))
+    return list(dict.fromkeys(ips))
