@@ -163,7 +163,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return float(value)
     elif spec.kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    elif isinstance(value, spec.kind) and spec.kind is not tuple:
+    elif spec.kind in (str, bool) and type(value) is spec.kind:
         return value
     raise ConfigError(f"{source}: key {key!r}: expected {expected}, got {value!r}")
 

@@ -34,7 +34,13 @@ from threatmesh.node.logs import get_logger
 from threatmesh.node.policy import bootstrap_delay_s, expand_unspecified, status_report
 from threatmesh.transports.addrs import parse_listen_addr, parse_peer_addr
 from threatmesh.transports.errors import TransportError
-from threatmesh.transports.libp2p_host import HostSettings, build_host, connect, is_connected
+from threatmesh.transports.libp2p_host import (
+    HostSettings,
+    build_host,
+    connect,
+    is_connected,
+    running,
+)
 from threatmesh.transports.swarm_key import load_swarm_key
 
 log = get_logger("threatmesh.node")
@@ -96,7 +102,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every service until cancelled. ``started`` once the node is listening."""
         try:
-            async with self.host.run(self.settings.listen_addrs), trio.open_nursery() as services:
+            async with running(self.host, self.settings.listen_addrs), trio.open_nursery() as services:
                 self.api_url = await services.start(self.serve_api)
                 services.start_soon(self.dial_bootstrap_peers)
                 self._started_at = trio.current_time()

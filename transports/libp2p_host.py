@@ -22,6 +22,9 @@ wrong for us is fixed here, and only here:
   go-libp2p we refuse that combination at start-up.
 - Resource limits. The default resource manager allows 1000 connections and 512 MiB; we size
   it from the node's config (``HostSettings``).
+- The swarm's auto-connector dials any peer in the peerstore until it holds half of
+  ``max_connections``; discovery decides whom to connect to, so it is replaced by a no-op.
+- Stopping ``host.run`` does not close the listening sockets (see ``running``).
 - A refused connection looks like a success: a listener that denies a connection (limits)
   closes it after the upgrade, and ``host.connect()`` returns normally. ``connect`` here checks
   that a live connection exists afterwards.
@@ -29,7 +32,8 @@ wrong for us is fixed here, and only here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -158,6 +162,7 @@ def build_host(identity: Identity, settings: HostSettings) -> IHost:
     )
     network = host.get_network()
     network.retry_config = RetryConfig(max_retries=0)
+    network.auto_connector = _NoAutoConnector()
     _add_dial_transports(host, identity, settings)
     return host
 
@@ -178,6 +183,55 @@ def _add_dial_transports(host: IHost, identity: Identity, settings: HostSettings
         manager.add_transport(WebsocketTransport(network.upgrader))
     if "QUICTransport" not in present and settings.psk is None:
         manager.add_transport(QUICTransport(identity.key_pair.private_key))
+
+
+class _NoAutoConnector:
+    """Stands in for py-libp2p's ``network/auto_connector.py`` ``AutoConnector``.
+
+    Upstream dials peerstore peers until the connection count reaches the midpoint of the
+    low and high watermarks (128 of 256 here), every 30 s, whatever swarm they belong to.
+    Which peers to keep connected is the discovery service's decision, so the swarm's own
+    dialler does nothing. The swarm calls exactly these methods.
+    """
+
+    _is_connecting = False
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def run_background_task(self, nursery: trio.Nursery) -> None:
+        return None
+
+    async def maybe_connect(self) -> None:
+        return None
+
+    def record_disconnect(self, peer_id: object) -> None:
+        return None
+
+
+# A clean close sends Noise/Yamux goodbyes on every connection; bound it so a stuck peer
+# cannot hold up shutdown (`threatmesh run` must stop within 5 s).
+HOST_CLOSE_TIMEOUT_S = 2.0
+
+
+@asynccontextmanager
+async def running(host: IHost, listen_addrs: Sequence[Multiaddr]) -> AsyncIterator[None]:
+    """Listen on ``listen_addrs`` for the duration of the block; close everything after.
+
+    ``BasicHost.run`` stops the swarm by cancelling it, and the swarm's cleanup
+    (``network/swarm.py``, the ``finally`` of ``Swarm.run``) awaits inside that cancelled scope,
+    so its first ``await`` raises Cancelled and the listening sockets stay open: the ports are
+    not freed until the process exits. We close the host ourselves, shielded and bounded.
+    """
+    async with host.run(listen_addrs):
+        try:
+            yield
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(HOST_CLOSE_TIMEOUT_S):
+                await host.close()
 
 
 def is_connected(host: IHost, peer_info: PeerInfo) -> bool:

@@ -1,0 +1,172 @@
+"""Test kit: named in-process nodes on 127.0.0.1, and real `threatmesh run` processes.
+
+In-process::
+
+    async def test_x(swarm):            # the fixture from conftest.py
+        a = await swarm.start("a")
+        b = await swarm.start("b", bootstrap=(swarm.addr("a"),))
+
+Every node listens on an ephemeral TCP port of 127.0.0.1 and has its own home under the
+test's tmp_path; all of them stop when the test ends (their nursery is cancelled).
+
+Processes: ``NodeProcess.start(home, *flags)`` runs ``python -m threatmesh run`` and waits,
+bounded, until its API answers; ``stop()`` sends SIGTERM and waits, bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from libp2p.peer.peerinfo import PeerInfo
+
+from threatmesh.node.config import NodeConfig
+from threatmesh.node.home import Home
+from threatmesh.node.node import Node
+from threatmesh.transports.libp2p_host import connect
+
+LOOPBACK_TCP = "/ip4/127.0.0.1/tcp/0"
+
+
+class Swarm:
+    """Named in-process nodes sharing one nursery."""
+
+    def __init__(self, base: Path, nursery: trio.Nursery) -> None:
+        self._base = base
+        self._nursery = nursery
+        self.nodes: dict[str, Node] = {}
+
+    async def start(self, name: str, **overrides: Any) -> Node:
+        home = Home(self._base / name)
+        home.init()
+        base = NodeConfig(listen=(LOOPBACK_TCP,), bootstrap_backoff_cap_s=1.0)
+        node = Node(base.with_overrides(**overrides), home)
+        with trio.fail_after(10):
+            await self._nursery.start(node.run)
+        self.nodes[name] = node
+        return node
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def addr(self, name: str) -> str:
+        """The first full multiaddr of node ``name`` (TCP on 127.0.0.1)."""
+        return self.nodes[name].addrs[0]
+
+    def peer_info(self, name: str) -> PeerInfo:
+        node = self.nodes[name]
+        return PeerInfo(node.peer_id, node.host.get_transport_addrs())
+
+    async def connect(self, dialer: str, listener: str) -> None:
+        await connect(self.nodes[dialer].host, self.peer_info(listener), timeout_s=5)
+
+
+async def wait_until(predicate: Any, timeout_s: float = 10.0, poll_s: float = 0.02) -> None:
+    """Wait, bounded, until ``predicate()`` is true (for state with no event to wait on)."""
+    with trio.fail_after(timeout_s):
+        while not predicate():
+            await trio.sleep(poll_s)
+
+
+# Processes ------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "threatmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@dataclass
+class NodeProcess:
+    home: Path
+    process: subprocess.Popen[str]
+    api_url: str = ""
+    stdout_lines: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, home: Path, *flags: str, timeout_s: float = 30.0) -> NodeProcess:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "threatmesh", "run", "--home", str(home), "--api",
+             "127.0.0.1:0", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        node = cls(home, process)
+        node._wait_ready(timeout_s)
+        return node
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        addr_file = self.home / "api.addr"
+        while not addr_file.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"threatmesh run exited early: {self.process.stderr.read()}")  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError("threatmesh run did not start in time")
+            time.sleep(0.05)
+        self.api_url = addr_file.read_text().strip()
+        expected = len(self.status()["addrs"])
+        assert self.process.stdout is not None
+        while len(self.stdout_lines) < expected:  # run prints its addresses right after
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.stdout_lines.append(line.strip())
+
+    def status(self) -> dict[str, Any]:
+        token = (self.home / "api.token").read_text().strip()
+        response = httpx.get(
+            self.api_url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_for_peers(self, count: int, timeout_s: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            peers: list[str] = self.status()["peers"]
+            if len(peers) >= count or time.monotonic() > deadline:
+                return peers
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> tuple[int, float]:
+        """Send ``sig``; return (exit code, seconds until exit)."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stderr_text(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+
+def json_line(text: str) -> Any:
+    return json.loads(text.strip().splitlines()[-1])
