@@ -24,6 +24,7 @@ from threatmesh.node.errors import ApiError, ConfigError, HomeError, NodeError
 from threatmesh.node.home import Home, default_home
 from threatmesh.node.logs import configure_logging, get_logger
 from threatmesh.transports.errors import TransportError
+from threatmesh.transports.libp2p_host import check_settings
 from threatmesh.transports.swarm_key import generate_swarm_key, write_swarm_key
 
 EXIT_FAILURE = 1
@@ -147,6 +148,10 @@ def run(
         log_json=log_json,
         log_level=log_level,
     )
+    from threatmesh.node.node import host_settings  # the heavy imports only for `run`
+
+    # Refuse a bad key file or an impossible transport before anything is created or bound.
+    check_settings(host_settings(config, node_home))
     configure_logging(config.log_level, config.log_json)
     _, created = node_home.init(KeyType(config.key_type))
     if created:
@@ -155,7 +160,7 @@ def run(
 
 
 async def _run_node(config: NodeConfig, home: Home) -> None:
-    from threatmesh.node.node import Node  # the heavy imports only for `run`
+    from threatmesh.node.node import Node
 
     node = Node(config, home)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
