@@ -76,7 +76,9 @@ def write_key_file(path: Path, identity: Identity) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise IdentityError(f"{path}: a key file already exists; refusing to overwrite it") from None
+        raise IdentityError(
+            f"{path}: a key file already exists; refusing to overwrite it"
+        ) from None
     except OSError as error:
         raise IdentityError(f"{path}: cannot create the key file: {error.strerror}") from None
     with os.fdopen(fd, "wb") as key_file:

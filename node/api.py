@@ -30,6 +30,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+# trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
+# pulls in (trio-typing); its TaskStatus is the same protocol.
+from trio_typing import TaskStatus
+
 StatusProvider = Callable[[], Mapping[str, Any]]
 
 
@@ -59,7 +63,7 @@ async def serve_api(
     app: Starlette,
     bind: str,
     *,
-    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``bind`` (HOST:PORT) until cancelled; ``start`` returns the base URL."""
     config = HypercornConfig()
@@ -69,5 +73,7 @@ async def serve_api(
     # On cancellation Hypercorn waits for open requests up to this long, then closes them.
     config.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(serve, app, config, mode="asgi"))
+        # Starlette is an ASGI app; hypercorn's annotation is a union that does not name it.
+        asgi_app: Any = app
+        binds: list[str] = await nursery.start(partial(serve, asgi_app, config, mode="asgi"))
         task_status.started(binds[0])

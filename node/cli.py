@@ -73,8 +73,13 @@ def init(
     node_home = _home(home)
     identity, created = node_home.init(key_type)
     if as_json:
-        _print_json({"peer_id": identity.peer_id.to_base58(), "created": created,
-                     "home": str(node_home.path)})
+        _print_json(
+            {
+                "peer_id": identity.peer_id.to_base58(),
+                "created": created,
+                "home": str(node_home.path),
+            }
+        )
         return
     typer.echo(identity.peer_id.to_base58())
     verb = "created" if created else "already initialised"

@@ -17,7 +17,9 @@ def get_json(home: Home, path: str) -> Any:
     home.require()
     url = home.api_addr()
     if url is None:
-        raise ApiError(f"{home.path}: no running node (no api.addr); start it with `threatmesh run`")
+        raise ApiError(
+            f"{home.path}: no running node (no api.addr); start it with `threatmesh run`"
+        )
     token = home.api_token()
     try:
         response = httpx.get(

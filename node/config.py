@@ -81,9 +81,7 @@ class NodeConfig:
 def _check_swarm(value: str) -> str:
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
     if not value or len(value) > MAX_SWARM_NAME_LENGTH or not set(value) <= allowed:
-        return (
-            f"expected 1 to {MAX_SWARM_NAME_LENGTH} characters of a-z, 0-9, '-', '_' or '.'"
-        )
+        return f"expected 1 to {MAX_SWARM_NAME_LENGTH} characters of a-z, 0-9, '-', '_' or '.'"
     return ""
 
 
@@ -148,8 +146,13 @@ CONFIG_KEYS: Mapping[str, _Key] = {
     "bootstrap_backoff_cap_s": _Key(float, _at_least(0.1), "longest wait between attempts"),
 }
 
-_TYPE_NAMES = {str: "a string", tuple: "a list of strings", bool: "true or false",
-               int: "an integer", float: "a number"}
+_TYPE_NAMES = {
+    str: "a string",
+    tuple: "a list of strings",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+}
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -161,9 +164,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return tuple(value)
     elif spec.kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    elif spec.kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif spec.kind in (str, bool) and type(value) is spec.kind:
+    elif (spec.kind is int and isinstance(value, int) and not isinstance(value, bool)) or (
+        spec.kind in (str, bool) and type(value) is spec.kind
+    ):
         return value
     raise ConfigError(f"{source}: key {key!r}: expected {expected}, got {value!r}")
 

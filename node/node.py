@@ -25,6 +25,10 @@ from libp2p.abc import IHost
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr.utils import get_network_addrs
 
+# trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
+# pulls in (trio-typing); its TaskStatus is the same protocol.
+from trio_typing import TaskStatus
+
 from threatmesh.identity import Identity
 from threatmesh.node.api import build_api, serve_api
 from threatmesh.node.config import NodeConfig
@@ -99,10 +103,13 @@ class Node:
         result: bool | None = await self._nursery_manager.__aexit__(exc_type, exc, traceback)
         return result
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every service until cancelled. ``started`` once the node is listening."""
         try:
-            async with running(self.host, self.settings.listen_addrs), trio.open_nursery() as services:
+            async with (
+                running(self.host, self.settings.listen_addrs),
+                trio.open_nursery() as services,
+            ):
                 self.api_url = await services.start(self.serve_api)
                 services.start_soon(self.dial_bootstrap_peers)
                 self._started_at = trio.current_time()
@@ -114,7 +121,7 @@ class Node:
 
     # Services -------------------------------------------------------------------------
 
-    async def serve_api(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_api(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """The local HTTP API; its URL is written to ``<home>/api.addr`` once it listens."""
 
         async def started(url: str) -> None:

@@ -9,7 +9,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kit import NodeProcess, Swarm  # noqa: E402
+from kit import NodeProcess, Swarm
 
 
 @pytest.fixture

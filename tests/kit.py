@@ -71,16 +71,22 @@ class Swarm:
 
 
 async def wait_until(predicate: Any, timeout_s: float = 10.0, poll_s: float = 0.02) -> None:
-    """Wait, bounded, until ``predicate()`` is true (for state with no event to wait on)."""
+    """Wait, bounded, until ``predicate()`` is true.
+
+    Only for state py-libp2p gives no event for (its connection table); our own services
+    expose events, and tests of them wait on those.
+    """
     with trio.fail_after(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - no event exists for py-libp2p's table
             await trio.sleep(poll_s)
 
 
 # Processes ------------------------------------------------------------------------------
 
 
-def run_cli(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout_s: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "threatmesh", *args],
         capture_output=True,
@@ -95,19 +101,32 @@ def run_cli(*args: str, timeout_s: float = 30.0, env: dict[str, str] | None = No
 class NodeProcess:
     home: Path
     process: subprocess.Popen[str]
+    stderr_path: Path
     api_url: str = ""
     stdout_lines: list[str] = field(default_factory=list)
 
     @classmethod
     def start(cls, home: Path, *flags: str, timeout_s: float = 30.0) -> NodeProcess:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "threatmesh", "run", "--home", str(home), "--api",
-             "127.0.0.1:0", *flags],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        node = cls(home, process)
+        # stderr (the log) goes to a file beside the home, so a test can wait for a line.
+        stderr_path = home.parent / f"{home.name}.stderr"
+        with stderr_path.open("w") as stderr_file:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "threatmesh",
+                    "run",
+                    "--home",
+                    str(home),
+                    "--api",
+                    "127.0.0.1:0",
+                    *flags,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=stderr_file,
+                text=True,
+            )
+        node = cls(home, process, stderr_path)
         node._wait_ready(timeout_s)
         return node
 
@@ -116,7 +135,7 @@ class NodeProcess:
         addr_file = self.home / "api.addr"
         while not addr_file.exists():
             if self.process.poll() is not None:
-                raise RuntimeError(f"threatmesh run exited early: {self.process.stderr.read()}")  # type: ignore[union-attr]
+                raise RuntimeError(f"threatmesh run exited early: {self.stderr_text()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise TimeoutError("threatmesh run did not start in time")
@@ -164,8 +183,15 @@ class NodeProcess:
             self.process.wait(timeout=10)
 
     def stderr_text(self) -> str:
-        assert self.process.stderr is not None
-        return self.process.stderr.read()
+        return self.stderr_path.read_text()
+
+    def wait_for_log(self, text: str, timeout_s: float = 10.0) -> None:
+        """Wait, bounded, until the node's log contains ``text``."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.stderr_text():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} in the log within {timeout_s} s")
+            time.sleep(0.05)
 
 
 def json_line(text: str) -> Any:

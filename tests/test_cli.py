@@ -122,12 +122,21 @@ def test_run_with_bad_flags(
     _assert_one_line_error(err, *needles)
 
 
-def test_run_with_quic_and_psk_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_quic_and_psk_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = tmp_path / "swarm.key"
     assert _run(["swarm-key", "--out", str(key)], capsys)[0] == 0
     code, _, err = _run(
-        ["run", "--home", str(tmp_path / "h"), "--psk", str(key),
-         "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"],
+        [
+            "run",
+            "--home",
+            str(tmp_path / "h"),
+            "--psk",
+            str(key),
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
         capsys,
     )
     assert code == 2

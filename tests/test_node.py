@@ -9,8 +9,8 @@ import httpx
 import pytest
 import structlog
 import trio
-
 from kit import Swarm, wait_until
+
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import libp2p.security.secio.transport as secio
 import pytest
 import trio
+from kit import Swarm
 from libp2p import new_host
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import RetryConfig
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
-import libp2p.security.secio.transport as secio
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 from multiaddr import Multiaddr
 
-from kit import Swarm
 from threatmesh.identity import generate_identity
 from threatmesh.transports.addrs import parse_listen_addr
 from threatmesh.transports.errors import TransportError
@@ -39,7 +39,9 @@ def _noise_option():  # type: ignore[no-untyped-def]
     from libp2p.security.noise.transport import PROTOCOL_ID, Transport
 
     key_pair = create_new_key_pair()
-    return key_pair, {TProtocol(PROTOCOL_ID): Transport(key_pair, noise_privkey=x25519().private_key)}
+    return key_pair, {
+        TProtocol(PROTOCOL_ID): Transport(key_pair, noise_privkey=x25519().private_key)
+    }
 
 
 async def test_we_offer_noise_only() -> None:
@@ -86,7 +88,12 @@ async def test_insecure_dialer_is_refused(swarm: Swarm, sec_opt: dict[TProtocol,
 
 @pytest.mark.parametrize(
     "listen",
-    ["/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.1/tcp/0/ws", "/ip6/::1/tcp/0"],
+    [
+        "/ip4/127.0.0.1/tcp/0",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+        "/ip4/127.0.0.1/tcp/0/ws",
+        "/ip6/::1/tcp/0",
+    ],
 )
 async def test_dial_each_transport(swarm: Swarm, listen: str) -> None:
     listener = await swarm.start("listener", listen=(listen,))
@@ -99,7 +106,9 @@ async def test_dial_each_transport(swarm: Swarm, listen: str) -> None:
 async def test_mplex_only_peer_is_served(swarm: Swarm) -> None:
     listener = await swarm.start("listener")
     key_pair, noise = _noise_option()
-    dialer = new_host(key_pair=key_pair, sec_opt=noise, muxer_opt={TProtocol(MPLEX_PROTOCOL_ID): Mplex})
+    dialer = new_host(
+        key_pair=key_pair, sec_opt=noise, muxer_opt={TProtocol(MPLEX_PROTOCOL_ID): Mplex}
+    )
     async with dialer.run([]):
         await connect(dialer, swarm.peer_info("listener"), timeout_s=5)
         connection = dialer.get_network().connections[listener.peer_id][0]

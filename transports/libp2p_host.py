@@ -35,13 +35,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, IMuxedConn, ISecureTransport
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.rcmgr import ResourceManager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
@@ -59,7 +61,7 @@ from libp2p.transport.websocket.transport import WebsocketTransport
 from multiaddr import Multiaddr
 
 from threatmesh.identity import Identity
-import importlib
+from threatmesh.transports import pnet
 from threatmesh.transports.addrs import TransportKind, transport_kind
 from threatmesh.transports.errors import PnetError, TransportError
 
@@ -84,8 +86,10 @@ class HostSettings:
     upgrade_timeout_s: float = 10.0
 
 
-def _security_options(identity: Identity, security: Sequence[str]) -> dict[TProtocol, object]:
-    options: dict[TProtocol, object] = {}
+def _security_options(
+    identity: Identity, security: Sequence[str]
+) -> dict[TProtocol, ISecureTransport]:
+    options: dict[TProtocol, ISecureTransport] = {}
     for name in security:
         if name == SECURITY_NOISE:
             options[TProtocol(NOISE_PROTOCOL_ID)] = NoiseTransport(
@@ -100,7 +104,7 @@ def _security_options(identity: Identity, security: Sequence[str]) -> dict[TProt
     return options
 
 
-def _muxer_options() -> dict[TProtocol, object]:
+def _muxer_options() -> dict[TProtocol, type[IMuxedConn]]:
     return {TProtocol(YAMUX_PROTOCOL_ID): Yamux, TProtocol(MPLEX_PROTOCOL_ID): Mplex}
 
 
@@ -138,7 +142,7 @@ def build_host(identity: Identity, settings: HostSettings) -> IHost:
     """
     check_settings(settings)
     if settings.psk is not None:
-        importlib.import_module("threatmesh.transports.pnet").install()
+        pnet.install()
     host = new_host(
         key_pair=identity.key_pair,
         sec_opt=_security_options(identity, settings.security),
@@ -160,11 +164,16 @@ def build_host(identity: Identity, settings: HostSettings) -> IHost:
             outbound_upgrade_timeout=settings.upgrade_timeout_s,
         ),
     )
-    network = host.get_network()
+    network = _swarm(host)
     network.retry_config = RetryConfig(max_retries=0)
-    network.auto_connector = _NoAutoConnector()
+    network.auto_connector = _NoAutoConnector()  # type: ignore[assignment]
     _add_dial_transports(host, identity, settings)
     return host
+
+
+def _swarm(host: IHost) -> Swarm:
+    """The host's network as the concrete Swarm (``new_host`` always builds one)."""
+    return cast(Swarm, host.get_network())
 
 
 def _add_dial_transports(host: IHost, identity: Identity, settings: HostSettings) -> None:
@@ -174,7 +183,7 @@ def _add_dial_transports(host: IHost, identity: Identity, settings: HostSettings
     on TCP only could not dial a peer that gave a QUIC address. QUIC is left out of a private
     swarm (see the module docstring).
     """
-    network = host.get_network()
+    network = _swarm(host)
     manager = network.transport_manager
     present = {type(transport).__name__ for transport in manager.get_transports()}
     if "TCP" not in present:

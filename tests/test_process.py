@@ -1,0 +1,106 @@
+"""Real `threatmesh run` processes: addresses, status, signals, private swarms."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from kit import NodeProcess, json_line, run_cli
+
+pytestmark = pytest.mark.process
+
+LOOPBACK = ["--listen", "/ip4/127.0.0.1/tcp/0"]
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_prints_addresses_and_stops_on_signal(
+    tmp_path: Path, processes: list[NodeProcess], sig: signal.Signals
+) -> None:
+    home = tmp_path / "a"
+    node = NodeProcess.start(
+        home, "--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"
+    )
+    processes.append(node)
+    status = node.status()
+    peer_id = status["peer_id"]
+    assert len(node.stdout_lines) == 2
+    assert node.stdout_lines == status["addrs"]
+    assert any("/tcp/" in addr for addr in node.stdout_lines)
+    assert any("/quic-v1/" in addr for addr in node.stdout_lines)
+    for addr in node.stdout_lines:
+        assert addr.startswith("/ip4/127.0.0.1/")
+        assert addr.endswith(f"/p2p/{peer_id}")
+    # `threatmesh status` talks to it through the API address and token in home
+    result = run_cli("status", "--home", str(home), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json_line(result.stdout)["peer_id"] == peer_id
+    tcp_port = int(next(a for a in node.stdout_lines if "/tcp/" in a).split("/")[4])
+    api_port = int(node.api_url.rsplit(":", 1)[1])
+
+    code, seconds = node.stop(sig)
+    assert code == 0, node.stderr_text()
+    assert seconds < 5
+    assert not (home / "api.addr").exists()
+    assert _port_is_free(tcp_port)
+    assert _port_is_free(api_port)
+    assert "Traceback" not in node.stderr_text()
+
+
+def test_peer_id_survives_restart(tmp_path: Path, processes: list[NodeProcess]) -> None:
+    home = tmp_path / "a"
+    first = NodeProcess.start(home, *LOOPBACK)
+    processes.append(first)
+    peer_id = first.status()["peer_id"]
+    first.stop()
+    second = NodeProcess.start(home, *LOOPBACK)
+    processes.append(second)
+    assert second.status()["peer_id"] == peer_id
+
+
+def _swarm_key(path: Path) -> Path:
+    result = run_cli("swarm-key", "--out", str(path))
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_private_swarm_same_key_connects_other_key_does_not(
+    tmp_path: Path, processes: list[NodeProcess]
+) -> None:
+    key = _swarm_key(tmp_path / "swarm.key")
+    other_key = _swarm_key(tmp_path / "other.key")
+    seed = NodeProcess.start(tmp_path / "seed", *LOOPBACK, "--psk", str(key))
+    processes.append(seed)
+    seed_addr = seed.stdout_lines[0]
+
+    member = NodeProcess.start(
+        tmp_path / "member", *LOOPBACK, "--psk", str(key), "--bootstrap", seed_addr
+    )
+    processes.append(member)
+    assert member.wait_for_peers(1) == [seed.status()["peer_id"]]
+
+    # A wrong key and no key at all: one bootstrap attempt each, refused, never connected.
+    (tmp_path / "outsider").mkdir(mode=0o700)
+    (tmp_path / "outsider" / "config.toml").write_text("bootstrap_max_attempts = 1\n")
+    (tmp_path / "stranger").mkdir(mode=0o700)
+    (tmp_path / "stranger" / "config.toml").write_text("bootstrap_max_attempts = 1\n")
+    outsider = NodeProcess.start(
+        tmp_path / "outsider", *LOOPBACK, "--psk", str(other_key), "--bootstrap", seed_addr
+    )
+    stranger = NodeProcess.start(tmp_path / "stranger", *LOOPBACK, "--bootstrap", seed_addr)
+    processes.extend([outsider, stranger])
+    for refused in (outsider, stranger):
+        refused.wait_for_log("bootstrap peer unreachable", timeout_s=10)
+        assert refused.status()["peers"] == []
+    assert seed.status()["peers"] == [member.status()["peer_id"]]
