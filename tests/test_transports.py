@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import libp2p.security.secio.transport as secio
 import pytest
 import trio
@@ -25,6 +27,7 @@ from threatmesh.transports.libp2p_host import (
     connect,
     is_connected,
 )
+from threatmesh.transports.swarm_key import generate_swarm_key, write_swarm_key
 
 
 def _raw_host(sec_opt: dict[TProtocol, object], **kwargs: object):  # type: ignore[no-untyped-def]
@@ -153,3 +156,44 @@ def test_quic_with_psk_is_refused_at_start() -> None:
 def test_unknown_security_is_refused() -> None:
     with pytest.raises(TransportError, match="unknown security protocol"):
         build_host(generate_identity(), HostSettings(listen_addrs=(), security=("plaintext",)))
+
+
+# Private swarms, with our host builder ---------------------------------------------------
+
+
+def _key_file(path: Path) -> str:
+    write_swarm_key(path, generate_swarm_key())
+    return str(path)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[str, str]:
+    return _key_file(tmp_path / "swarm.key"), _key_file(tmp_path / "other.key")
+
+
+async def test_same_key_connects(swarm: Swarm, keys: tuple[str, str]) -> None:
+    listener = await swarm.start("listener", psk_file=keys[0])
+    dialer = await swarm.start("dialer", psk_file=keys[0])
+    await swarm.connect("dialer", "listener")
+    assert dialer.peers() == [listener.peer_id.to_base58()]
+
+
+@pytest.mark.parametrize(
+    ("listener_key", "dialer_key"),
+    [(0, 1), (0, None), (None, 0)],
+    ids=["wrong-key", "dialer-without-key", "listener-without-key"],
+)
+async def test_other_key_is_refused_within_2s(
+    swarm: Swarm, keys: tuple[str, str], listener_key: int | None, dialer_key: int | None
+) -> None:
+    def key(index: int | None) -> str:
+        return "" if index is None else keys[index]
+
+    listener = await swarm.start("listener", psk_file=key(listener_key))
+    dialer = await swarm.start("dialer", psk_file=key(dialer_key))
+    started = trio.current_time()
+    with pytest.raises(TransportError):
+        await connect(dialer.host, swarm.peer_info("listener"), timeout_s=5)
+    assert trio.current_time() - started < 2.0
+    assert dialer.peers() == []
+    assert listener.peers() == []
