@@ -160,7 +160,7 @@ def run(
     configure_logging(config.log_level, config.log_json)
     _, created = node_home.init(KeyType(config.key_type))
     if created:
-        typer.echo(f"{node_home.path}: created a new identity", err=True)
+        log.info("created a new identity", home=str(node_home.path))
     trio.run(_run_node, config, node_home)
 
 
@@ -173,7 +173,7 @@ async def _run_node(config: NodeConfig, home: Home) -> None:
             await nursery.start(node.run)
             for addr in node.addrs:
                 typer.echo(addr)
-            typer.echo(f"api: {node.api_url}", err=True)
+            log.info("local API listening", url=node.api_url)
             sys.stdout.flush()
             async for signum in signals:
                 log.info("stopping", signal=signal.Signals(signum).name)

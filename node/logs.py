@@ -65,8 +65,14 @@ def configure_logging(level: str = "info", json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    # py-libp2p (utils/logging.py, run at import) sets the "libp2p" logger to propagate=False
+    # with no handler unless LIBP2P_DEBUG is set, so its warnings bypass every handler and
+    # reach stderr through logging.lastResort, unformatted and unfiltered. Route them here.
+    libp2p_logger = logging.getLogger("libp2p")
+    libp2p_logger.handlers.clear()
+    libp2p_logger.propagate = True
     libp2p_level = numeric_level if numeric_level <= logging.DEBUG else logging.WARNING
-    logging.getLogger("libp2p").setLevel(max(libp2p_level, numeric_level))
+    libp2p_logger.setLevel(max(libp2p_level, numeric_level))
     for quiet in ("hypercorn.access", "hypercorn.error", "zeroconf", "aioquic"):
         logging.getLogger(quiet).setLevel(max(logging.WARNING, numeric_level))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 from pathlib import Path
@@ -96,7 +97,13 @@ def test_private_swarm_same_key_connects_other_key_does_not(
     (tmp_path / "stranger").mkdir(mode=0o700)
     (tmp_path / "stranger" / "config.toml").write_text("bootstrap_max_attempts = 1\n")
     outsider = NodeProcess.start(
-        tmp_path / "outsider", *LOOPBACK, "--psk", str(other_key), "--bootstrap", seed_addr
+        tmp_path / "outsider",
+        *LOOPBACK,
+        "--psk",
+        str(other_key),
+        "--bootstrap",
+        seed_addr,
+        "--log-json",
     )
     stranger = NodeProcess.start(tmp_path / "stranger", *LOOPBACK, "--bootstrap", seed_addr)
     processes.extend([outsider, stranger])
@@ -104,3 +111,8 @@ def test_private_swarm_same_key_connects_other_key_does_not(
         refused.wait_for_log("bootstrap peer unreachable", timeout_s=10)
         assert refused.status()["peers"] == []
     assert seed.status()["peers"] == [member.status()["peer_id"]]
+    # Every log line, py-libp2p's included, went through our JSON formatter.
+    events = [json.loads(line) for line in outsider.stderr_text().splitlines()]
+    assert events[-1]["event"] == "bootstrap peer unreachable; giving up"
+    [failure] = [event for event in events if event["event"] == "bootstrap dial failed"]
+    assert "swarm key" in failure["error"]

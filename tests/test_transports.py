@@ -186,14 +186,30 @@ async def test_same_key_connects(swarm: Swarm, keys: tuple[str, str]) -> None:
 async def test_other_key_is_refused_within_2s(
     swarm: Swarm, keys: tuple[str, str], listener_key: int | None, dialer_key: int | None
 ) -> None:
+    # A dialer holding a key says why it was refused; one without a key cannot know.
+    reason = "swarm key" if dialer_key is not None else None
+
     def key(index: int | None) -> str:
         return "" if index is None else keys[index]
 
     listener = await swarm.start("listener", psk_file=key(listener_key))
     dialer = await swarm.start("dialer", psk_file=key(dialer_key))
     started = trio.current_time()
-    with pytest.raises(TransportError):
+    with pytest.raises(TransportError, match=reason):
         await connect(dialer.host, swarm.peer_info("listener"), timeout_s=5)
     assert trio.current_time() - started < 2.0
     assert dialer.peers() == []
     assert listener.peers() == []
+
+
+async def test_connection_limit_admits_max_connections_peers(swarm: Swarm) -> None:
+    listener = await swarm.start("listener", max_connections=2)
+    for name in ("b", "c", "d"):
+        await swarm.start(name)
+    await swarm.connect("b", "listener")
+    await swarm.connect("c", "listener")
+    with pytest.raises(TransportError, match=r"refused|unable to connect"):
+        await swarm.connect("d", "listener")
+    assert sorted(listener.peers()) == sorted(
+        [swarm["b"].peer_id.to_base58(), swarm["c"].peer_id.to_base58()]
+    )

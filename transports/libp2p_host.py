@@ -21,7 +21,8 @@ wrong for us is fixed here, and only here:
   (``swarm.py`` around the ``new_protected_conn`` call), so QUIC + PSK cannot work; like
   go-libp2p we refuse that combination at start-up.
 - Resource limits. The default resource manager allows 1000 connections and 512 MiB; we size
-  it from the node's config (``HostSettings``).
+  it from the node's config (``HostSettings``), so that ``max_connections`` peers are admitted
+  and the next is refused.
 - The swarm's auto-connector dials any peer in the peerstore until it holds half of
   ``max_connections``; discovery decides whom to connect to, so it is replaced by a no-op.
 - Stopping ``host.run`` does not close the listening sockets (see ``running``).
@@ -42,6 +43,7 @@ from libp2p import new_host
 from libp2p.abc import IHost, IMuxedConn, ISecureTransport
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import MultiError
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
 from libp2p.peer.peerinfo import PeerInfo
@@ -111,7 +113,10 @@ def _muxer_options() -> dict[TProtocol, type[IMuxedConn]]:
 def _resource_manager(settings: HostSettings) -> ResourceManager:
     return ResourceManager(
         limits=ResourceLimits(
-            max_connections=settings.max_connections,
+            # +1: measured on 0.8.1, ResourceLimits(max_connections=N) admits N-1 peers (the
+            # listener's own accounting holds one slot); the operator's number is the number
+            # of peers. tests/test_transports.py pins it.
+            max_connections=settings.max_connections + 1,
             max_memory_mb=settings.max_memory_mb,
             max_streams=settings.max_streams,
         ),
@@ -248,6 +253,31 @@ def is_connected(host: IHost, peer_info: PeerInfo) -> bool:
     return any(not getattr(connection, "is_closed", False) for connection in connections)
 
 
+def _reason(error: BaseException) -> str:
+    """The most telling message in ``error``'s chain: a pnet refusal if there is one.
+
+    py-libp2p wraps a refused pnet handshake in SecurityUpgradeFailure, then SwarmException,
+    then "no addresses established a successful connection"; the operator needs the first.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PnetError):
+            return str(current)
+        pending.extend(
+            link for link in (current.__cause__, current.__context__) if link is not None
+        )
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        if isinstance(current, MultiError):  # one error per address tried
+            pending.extend(current.errors)
+    return str(error) or type(error).__name__
+
+
 async def connect(host: IHost, peer_info: PeerInfo, timeout_s: float = 10.0) -> None:
     """Connect to ``peer_info`` or raise TransportError; never report a refused conn as up."""
     try:
@@ -255,9 +285,7 @@ async def connect(host: IHost, peer_info: PeerInfo, timeout_s: float = 10.0) -> 
             await host.connect(peer_info)
     except trio.TooSlowError:
         raise TransportError(f"{peer_info.peer_id}: no connection within {timeout_s:g} s") from None
-    except PnetError as error:
-        raise TransportError(f"{peer_info.peer_id}: {error}") from None
     except Exception as error:  # py-libp2p raises SwarmException, OpenConnectionError, ...
-        raise TransportError(f"{peer_info.peer_id}: {error or type(error).__name__}") from None
+        raise TransportError(f"{peer_info.peer_id}: {_reason(error)}") from None
     if not is_connected(host, peer_info):
         raise TransportError(f"{peer_info.peer_id}: the peer closed the connection (refused)")
