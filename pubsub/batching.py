@@ -1,0 +1,102 @@
+"""Batching: indicators published close together travel in one ``Batch``.
+
+py-libp2p relays about 100 messages/s per process (~4.4 ms of CPU per message), whatever
+their size, so the lever for throughput is many indicators per message. A batch is closed
+when the first of these bounds is reached:
+
+- ``max_indicators`` indicators,
+- ``max_bytes`` of encoded indicators (kept well under the pubsub message limit),
+- ``window_s`` seconds since its first indicator (about 50 ms: a short wait for latency).
+
+``Batcher`` is pure: the caller passes ``now`` (a monotonic clock, for windows) and
+``wall_ms`` (epoch milliseconds, stamped into ``Batch.sent_ms``) and gets closed batches
+back. It owns the origin's sequence numbers, which must continue across restarts (the caller
+gives the last one used), because receivers detect loss by gaps and drop a repeated
+(origin, seq).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from threatmesh.pubsub.proto import threatmesh_pb2 as pb
+
+# Protobuf overhead of one repeated message field: a tag byte and a length varint (≤ 3 bytes
+# for indicators up to 2 MiB).
+_FIELD_OVERHEAD_BYTES = 4
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_indicators: int = 2000
+    max_bytes: int = 512 * 1024
+    window_s: float = 0.05
+
+
+@dataclass
+class _Open:
+    tlp: int
+    opened_at: float
+    indicators: list[pb.Indicator] = field(default_factory=list)
+    size_bytes: int = 0
+
+
+class Batcher:
+    """Groups indicators per TLP into batches; ``add`` and ``due`` return closed batches."""
+
+    def __init__(self, limits: BatchLimits, last_seq: int = 0) -> None:
+        self.limits = limits
+        self.last_seq = last_seq
+        self._open: dict[int, _Open] = {}
+
+    def add(
+        self, indicators: Iterable[pb.Indicator], tlp: int, now: float, wall_ms: int
+    ) -> list[pb.Batch]:
+        """Queue ``indicators`` at ``tlp``; return the batches this closed (possibly none)."""
+        closed: list[pb.Batch] = []
+        for indicator in indicators:
+            size = indicator.ByteSize() + _FIELD_OVERHEAD_BYTES
+            current = self._open.get(tlp)
+            if current is not None and current.size_bytes + size > self.limits.max_bytes:
+                closed.append(self._close(tlp, wall_ms))
+                current = None
+            if current is None:
+                current = self._open[tlp] = _Open(tlp=tlp, opened_at=now)
+            current.indicators.append(indicator)
+            current.size_bytes += size
+            if len(current.indicators) >= self.limits.max_indicators:
+                closed.append(self._close(tlp, wall_ms))
+        return closed
+
+    def due(self, now: float, wall_ms: int) -> list[pb.Batch]:
+        """Close every batch whose window has passed."""
+        expired = [
+            tlp
+            for tlp, current in self._open.items()
+            if now - current.opened_at >= self.limits.window_s
+        ]
+        return [self._close(tlp, wall_ms) for tlp in expired]
+
+    def flush(self, wall_ms: int) -> list[pb.Batch]:
+        """Close every open batch (at shutdown)."""
+        return [self._close(tlp, wall_ms) for tlp in list(self._open)]
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open batch must be closed, or None if nothing is open."""
+        if not self._open:
+            return None
+        return min(current.opened_at for current in self._open.values()) + self.limits.window_s
+
+    def pending(self) -> int:
+        return sum(len(current.indicators) for current in self._open.values())
+
+    def _close(self, tlp: int, wall_ms: int) -> pb.Batch:
+        current = self._open.pop(tlp)
+        self.last_seq += 1
+        return pb.Batch(
+            seq=self.last_seq,
+            sent_ms=wall_ms,
+            tlp=tlp,
+            indicators=current.indicators,
+        )
