@@ -2,23 +2,30 @@
 
 Starlette (ASGI) under Hypercorn's trio worker: Hypercorn is the ASGI server that runs natively
 on trio, so the API shares the node's event loop and nursery with the libp2p host instead of a
-second loop in a thread; Starlette gives routing and WebSocket support (the event stream of a
-later issue) with little code.
+second loop in a thread; Starlette gives routing and streaming responses with little code.
 
 Rules:
 - Loopback only (the config refuses any other host) and every request carries
   ``Authorization: Bearer <token>`` with the token from ``<home>/api.token``; anything else is
   answered 401 with no detail about the node.
-- Handlers only read the node through the ``status`` callable they are given: the API holds
-  no state of its own.
+- Handlers hold no state: they parse the request, call the ``ApiBackend`` (the node) and
+  shape its answer. Bodies are bounded (``MAX_PUBLISH_BODY_BYTES``).
+
+Endpoints:
+- ``GET /v1/status``: ``{"peer_id", "addrs", "peers", "uptime_s", "swarm", ...counters}``
+- ``POST /v1/publish?tlp=LEVEL&format=jsonl|csv|stix|lines[&provider=NAME]``: the body is a
+  file in that format; answers ``{"accepted": N, "rejected": [{"line", "reason"}]}``.
+- ``GET /v1/stream?tlp=LEVEL[&tlp=LEVEL...]``: the live stream as JSON lines (one indicator
+  record per line, with ``origin``), until the client hangs up.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -27,14 +34,34 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 # trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
 # pulls in (trio-typing); its TaskStatus is the same protocol.
 from trio_typing import TaskStatus
 
-StatusProvider = Callable[[], Mapping[str, Any]]
+MAX_PUBLISH_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ApiBackend(Protocol):
+    """What the API needs from the node."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+    async def publish_text(
+        self, text: str, *, fmt: str, tlp_name: str, provider: str
+    ) -> Mapping[str, Any]: ...
+
+    def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]: ...
+
+
+class BadRequest(Exception):
+    """The request is malformed; answered 400 with this message."""
+
+
+class ServiceUnavailable(Exception):
+    """The node could not do what was asked (e.g. publishing failed); answered 503."""
 
 
 class _BearerTokenMiddleware(BaseHTTPMiddleware):
@@ -49,12 +76,54 @@ class _BearerTokenMiddleware(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def build_api(status: StatusProvider, token: str) -> Starlette:
+def build_api(backend: ApiBackend, token: str) -> Starlette:
     async def get_status(request: Request) -> Response:
-        return JSONResponse(dict(status()))
+        return JSONResponse(dict(backend.status()))
+
+    async def post_publish(request: Request) -> Response:
+        params = request.query_params
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_PUBLISH_BODY_BYTES:
+                return JSONResponse(
+                    {"error": f"body larger than {MAX_PUBLISH_BODY_BYTES} bytes"}, status_code=413
+                )
+        try:
+            text = body.decode("utf-8")
+            result = await backend.publish_text(
+                text,
+                fmt=params.get("format", "jsonl"),
+                tlp_name=params.get("tlp", "clear"),
+                provider=params.get("provider", ""),
+            )
+        except UnicodeDecodeError:
+            return JSONResponse({"error": "the body is not UTF-8 text"}, status_code=400)
+        except BadRequest as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        except ServiceUnavailable as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        return JSONResponse(dict(result))
+
+    async def get_stream(request: Request) -> Response:
+        tlp_names = request.query_params.getlist("tlp")
+        try:
+            records = backend.stream_records(tlp_names)
+        except BadRequest as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+
+        async def lines() -> AsyncIterator[bytes]:
+            async for record in records:
+                yield json.dumps(record, sort_keys=True).encode() + b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     return Starlette(
-        routes=[Route("/v1/status", get_status, methods=["GET"])],
+        routes=[
+            Route("/v1/status", get_status, methods=["GET"]),
+            Route("/v1/publish", post_publish, methods=["POST"]),
+            Route("/v1/stream", get_stream, methods=["GET"]),
+        ],
         middleware=[Middleware(_BearerTokenMiddleware, token=token)],
     )
 

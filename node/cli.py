@@ -8,9 +8,13 @@ either.
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import sys
+import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,11 +22,15 @@ import trio
 import typer
 
 from threatmesh.identity import IdentityError, KeyType
-from threatmesh.node.client import get_json
+from threatmesh.node.client import ApiClient, get_json
 from threatmesh.node.config import NodeConfig, load_config
 from threatmesh.node.errors import ApiError, ConfigError, HomeError, NodeError
 from threatmesh.node.home import Home, default_home
 from threatmesh.node.logs import configure_logging, get_logger
+from threatmesh.node.records import CSV_FIELDS, query_filters, stored_record
+from threatmesh.node.store import Store
+from threatmesh.pubsub.formats import FORMATS
+from threatmesh.pubsub.indicators import IndicatorError, parse_tlp
 from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import check_settings
 from threatmesh.transports.swarm_key import generate_swarm_key, write_swarm_key
@@ -122,6 +130,174 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def publish(
+    source: Annotated[str, typer.Argument(help="File of indicators, or - for standard input.")],
+    home: HomeOption = None,
+    tlp: Annotated[str, typer.Option("--tlp", help="TLP level of these indicators.")] = "clear",
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl, csv, stix or lines (a plain list).")
+    ] = "jsonl",
+    provider: Annotated[
+        str, typer.Option("--provider", help="Provider for records that name none.")
+    ] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Publish indicators through the running node; report accepted and rejected records."""
+    if fmt not in FORMATS:
+        raise UsageProblem(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    parse_tlp(tlp)  # refuse a bad level before reading anything
+    text = _read_source(source)
+    client = ApiClient(_home(home))
+    result = client.post_text(
+        "/v1/publish", text, {"tlp": tlp, "format": fmt, "provider": provider}
+    )
+    if as_json:
+        _print_json(result)
+        return
+    typer.echo(f"accepted: {result['accepted']}")
+    for rejected in result["rejected"]:
+        typer.echo(f"rejected: line {rejected['line']}: {rejected['reason']}")
+
+
+@app.command()
+def tail(
+    home: HomeOption = None,
+    tlp: Annotated[
+        list[str] | None, typer.Option("--tlp", help="Levels to follow (repeatable; default all).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    count: Annotated[
+        int | None, typer.Option("--count", help="Stop after this many indicators.", min=1)
+    ] = None,
+) -> None:
+    """Follow the live stream of indicators of the running node."""
+    if fmt not in ("jsonl", "csv"):
+        raise UsageProblem(f"--format: expected jsonl or csv, got {fmt!r}")
+    for name in tlp or []:
+        parse_tlp(name)
+    client = ApiClient(_home(home))
+    stream = client.stream_json_lines("/v1/stream", [("tlp", name) for name in tlp or []])
+    writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    if fmt == "csv":
+        writer.writeheader()
+    for seen, record in enumerate(stream, start=1):
+        if fmt == "csv":
+            writer.writerow(_csv_row(record))
+        else:
+            typer.echo(json.dumps(record, sort_keys=True))
+        sys.stdout.flush()
+        if count is not None and seen >= count:
+            break
+
+
+@app.command()
+def query(
+    home: HomeOption = None,
+    itype: Annotated[str | None, typer.Option("--itype", help="ipv4, fqdn, sha256, ...")] = None,
+    value: Annotated[str | None, typer.Option("--value", help="Exact value.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Having this tag.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Last seen at or after (ISO 8601).")
+    ] = None,
+    tlp: Annotated[str | None, typer.Option("--tlp", help="Visible at this level.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many.", min=1)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+) -> None:
+    """Read the node's store (whether or not the node runs)."""
+    if fmt not in ("jsonl", "csv"):
+        raise UsageProblem(f"--format: expected jsonl or csv, got {fmt!r}")
+    node_home = _home(home)
+    node_home.require()
+    filters = query_filters(itype=itype, value=value, tag=tag, since=since, tlp=tlp)
+    store_path = node_home.store_file
+    if not store_path.exists():
+        raise UsageProblem(f"{store_path}: no store yet; run the node first")
+    with Store.open(store_path) as store:
+        rows = store.iter_query(**filters, limit=limit)
+        records = (stored_record(row) for row in rows)
+        if fmt == "csv":
+            writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            for record in records:
+                writer.writerow(_csv_row(record))
+        else:
+            for record in records:
+                typer.echo(json.dumps(record, sort_keys=True))
+
+
+def _read_source(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    path = Path(source).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageProblem(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageProblem(f"{path}: is a directory") from None
+    except UnicodeDecodeError:
+        raise UsageProblem(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise UsageProblem(f"{path}: cannot read ({error.strerror})") from None
+
+
+def _csv_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        key: ";".join(value) if isinstance(value, list) else value for key, value in record.items()
+    }
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes to start.", min=2, max=30)] = 5,
+    publishers: Annotated[int, typer.Option("--publishers", help="Nodes that publish.", min=1)] = 3,
+    per_level: Annotated[
+        int, typer.Option("--per-level", help="Indicators per publisher and level.", min=1)
+    ] = 4,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after (s).", min=1)] = 60,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a small swarm on 127.0.0.1, publish at every TLP level, show arrivals live."""
+    from threatmesh.node.demo import run_demo
+
+    configure_logging("warning")
+    started = time.monotonic()
+
+    def show(node_name: str, record: Mapping[str, Any]) -> None:
+        if as_json:
+            return
+        elapsed = time.monotonic() - started
+        typer.echo(
+            f"{elapsed:6.2f}s  {node_name:>8} <- {record['tlp']:<12} {record['itype']:<6} "
+            f"{record['value']}  (from ...{record['origin'][-6:]})"
+        )
+
+    if not as_json:
+        typer.echo(f"starting {nodes} nodes on 127.0.0.1 ...", err=True)
+    result = trio.run(
+        partial(
+            run_demo,
+            nodes=nodes,
+            publishers=min(publishers, nodes),
+            per_level=per_level,
+            timeout_s=timeout,
+            on_arrival=show,
+        )
+    )
+    summary = result.summary()
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(
+            f"{summary['deliveries']}/{summary['expected_deliveries']} deliveries of "
+            f"{summary['published']} indicators to {nodes} nodes in {summary['seconds']} s; "
+            f"latency p50 {summary['latency_ms_p50']} ms, p99 {summary['latency_ms_p99']} ms"
+        )
+    if not summary["complete"]:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
 def run(
     home: HomeOption = None,
     listen: Annotated[
@@ -185,6 +361,7 @@ async def _run_node(config: NodeConfig, home: Home) -> None:
 # Errors that are the user's to fix: exit 2 with one line.
 USER_ERRORS: tuple[type[Exception], ...] = (
     UsageProblem,
+    IndicatorError,
     ConfigError,
     HomeError,
     IdentityError,

@@ -6,6 +6,7 @@
 - ``config.toml``   the configuration (see threatmesh.node.config)
 - ``api.token``     the local API's bearer token (0600)
 - ``api.addr``      the running node's API URL; written at start, removed at a clean stop
+- ``store.sqlite3`` the indicators this node saw (SQLite, WAL; see threatmesh.node.store)
 
 The home directory itself is created 0700. Secrets are created with their final mode, never
 widened after the fact.
@@ -22,6 +23,7 @@ from pathlib import Path
 from threatmesh.identity import KEY_FILE_NAME, Identity, KeyType, load_key_file, load_or_create
 from threatmesh.node.config import CONFIG_FILE_NAME, default_config_text
 from threatmesh.node.errors import HomeError
+from threatmesh.node.store import STORE_FILE_NAME
 
 HOME_ENV = "THREATMESH_HOME"
 TOKEN_FILE_NAME = "api.token"
@@ -49,6 +51,10 @@ class Home:
     @property
     def token_file(self) -> Path:
         return self.path / TOKEN_FILE_NAME
+
+    @property
+    def store_file(self) -> Path:
+        return self.path / STORE_FILE_NAME
 
     @property
     def api_addr_file(self) -> Path:

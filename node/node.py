@@ -15,8 +15,10 @@ pubsub, store, sync and reputation services to that list.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -30,12 +32,25 @@ from multiaddr.utils import get_network_addrs
 from trio_typing import TaskStatus
 
 from threatmesh.identity import Identity
-from threatmesh.node.api import build_api, serve_api
+from threatmesh.node.api import BadRequest, ServiceUnavailable, build_api, serve_api
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.errors import NodeError
 from threatmesh.node.home import Home
 from threatmesh.node.logs import get_logger
 from threatmesh.node.policy import bootstrap_delay_s, expand_unspecified, status_report
+from threatmesh.node.records import received_record
+from threatmesh.node.store import Store
+from threatmesh.node.stream import IndicatorStream, Received, StreamError
+from threatmesh.pubsub.batching import BatchLimits
+from threatmesh.pubsub.formats import FORMATS, parse_indicators
+from threatmesh.pubsub.indicators import (
+    IndicatorError,
+    indicator_from_record,
+    parse_tlp,
+    validate_indicator,
+)
+from threatmesh.pubsub.libp2p_gossipsub import GossipSettings, build_pubsub, run_pubsub
+from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.transports.addrs import parse_listen_addr, parse_peer_addr
 from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import (
@@ -48,6 +63,16 @@ from threatmesh.transports.libp2p_host import (
 from threatmesh.transports.swarm_key import load_swarm_key
 
 log = get_logger("threatmesh.node")
+
+# How often expired indicators are removed from the store.
+EXPIRY_SWEEP_INTERVAL_S = 60.0
+# One sweep removes at most EXPIRY_SWEEP_BATCH rows per call, EXPIRY_SWEEP_MAX_ROUNDS calls.
+EXPIRY_SWEEP_BATCH = 10_000
+EXPIRY_SWEEP_MAX_ROUNDS = 100
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def host_settings(config: NodeConfig, home: Home) -> HostSettings:
@@ -73,6 +98,15 @@ class Node:
         self.identity = identity if identity is not None else home.identity()
         self.settings = host_settings(config, home)
         self.host: IHost = build_host(self.identity, self.settings)
+        self.store = Store.open(home.store_file)
+        self.pubsub = build_pubsub(self.host, GossipSettings())
+        self.stream = IndicatorStream(
+            pubsub=self.pubsub,
+            store=self.store,
+            swarm=config.swarm,
+            our_peer_id=self.identity.peer_id.to_base58(),
+            limits=BatchLimits(),
+        )
         self.api_url: str | None = None
         self._api_token = home.ensure_api_token()
         self._started_at: float | None = None
@@ -110,14 +144,18 @@ class Node:
                 running(self.host, self.settings.listen_addrs),
                 trio.open_nursery() as services,
             ):
+                await services.start(run_pubsub, self.pubsub)
+                await services.start(self.stream.run)
                 self.api_url = await services.start(self.serve_api)
                 services.start_soon(self.dial_bootstrap_peers)
+                services.start_soon(self.sweep_expired_indicators)
                 self._started_at = trio.current_time()
                 log.info("node started", peer_id=str(self.peer_id), swarm=self.config.swarm)
                 task_status.started()
         finally:
             self.home.clear_api_addr()
             self._started_at = None
+            self.store.close()
 
     # Services -------------------------------------------------------------------------
 
@@ -128,7 +166,7 @@ class Node:
             self.home.write_api_addr(url)
             task_status.started(url)
 
-        app = build_api(self.status, self._api_token)
+        app = build_api(self, self._api_token)
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_api, app, self.config.api)
             await started(url)
@@ -159,6 +197,120 @@ class Node:
             attempts=self.config.bootstrap_max_attempts,
         )
 
+    async def sweep_expired_indicators(self) -> None:
+        """Delete expired indicators from the store, every ``EXPIRY_SWEEP_INTERVAL_S``."""
+        while True:
+            await trio.sleep(EXPIRY_SWEEP_INTERVAL_S)
+            swept = 0
+            for _ in range(EXPIRY_SWEEP_MAX_ROUNDS):
+                removed = await trio.to_thread.run_sync(self.store.sweep_expired, _wall_ms())
+                swept += removed
+                if removed < EXPIRY_SWEEP_BATCH:
+                    break
+            if swept:
+                log.info("expired indicators removed", count=swept)
+
+    # Python API -------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        indicators: Iterable[pb.Indicator | Mapping[str, Any]],
+        *,
+        tlp: str | int = "clear",
+        provider: str = "",
+    ) -> int:
+        """Validate and publish ``indicators``; return how many were published.
+
+        Items are ``pb.Indicator`` messages or records (dicts with ``value``, ``itype``, ...,
+        as in JSON lines). ``tlp`` is the level of items that do not name one. Raises
+        IndicatorError (naming the field and the item's 1-based position) for a bad item, so
+        nothing is published from a call with a bad item; StreamError if publishing failed.
+        """
+        default_tlp = parse_tlp(tlp) if isinstance(tlp, str) else tlp
+        now_ms = _wall_ms()
+        ready: list[pb.Indicator] = []
+        for position, item in enumerate(indicators, start=1):
+            if isinstance(item, pb.Indicator):
+                indicator = pb.Indicator()
+                indicator.CopyFrom(item)
+                if indicator.tlp == pb.TLP_UNSPECIFIED:
+                    indicator.tlp = pb.Tlp.ValueType(default_tlp)
+                validate_indicator(indicator, now_ms=now_ms)
+            else:
+                indicator = indicator_from_record(
+                    item,
+                    line=position,
+                    default_tlp=default_tlp,
+                    now_ms=now_ms,
+                    default_provider=provider,
+                )
+            ready.append(indicator)
+        return await self._publish_by_level(ready)
+
+    async def subscribe(self, tlp: str | int | Sequence[str | int] = ()) -> AsyncIterator[Received]:
+        """Every indicator published or received from now on, at the given levels (all)."""
+        levels = [tlp] if isinstance(tlp, str | int) else list(tlp)
+        subscription = self.stream.subscribe(
+            [parse_tlp(level) if isinstance(level, str) else level for level in levels]
+        )
+        try:
+            async for item in subscription:
+                yield item
+        finally:
+            self.stream.unsubscribe(subscription)
+
+    async def _publish_by_level(self, indicators: Sequence[pb.Indicator]) -> int:
+        by_level: dict[int, list[pb.Indicator]] = {}
+        for indicator in indicators:
+            by_level.setdefault(indicator.tlp, []).append(indicator)
+        published = 0
+        for level, group in sorted(by_level.items()):
+            published += await self.stream.publish(group, level)
+        return published
+
+    # Local API backend ------------------------------------------------------------------
+
+    async def publish_text(
+        self, text: str, *, fmt: str, tlp_name: str, provider: str
+    ) -> Mapping[str, Any]:
+        if fmt not in FORMATS:
+            raise BadRequest(f"format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        try:
+            default_tlp = parse_tlp(tlp_name)
+        except IndicatorError as error:
+            raise BadRequest(str(error)) from None
+        parsed = await trio.to_thread.run_sync(
+            lambda: parse_indicators(
+                text, fmt, default_tlp=default_tlp, now_ms=_wall_ms(), default_provider=provider
+            )
+        )
+        try:
+            accepted = await self._publish_by_level(parsed.indicators)
+        except StreamError as error:
+            raise ServiceUnavailable(str(error)) from None
+        return {
+            "accepted": accepted,
+            "rejected": [
+                {"line": rejected.line, "reason": rejected.reason} for rejected in parsed.rejected
+            ],
+        }
+
+    def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]:
+        try:
+            levels = [parse_tlp(name) for name in tlp_names]
+        except IndicatorError as error:
+            raise BadRequest(str(error)) from None
+        subscription = self.stream.subscribe(levels)
+
+        async def records() -> AsyncIterator[Mapping[str, Any]]:
+            try:
+                async for item in subscription:
+                    yield received_record(item.indicator, item.origin)
+            finally:
+                self.stream.unsubscribe(subscription)
+
+        return records()
+
     # Views ----------------------------------------------------------------------------
 
     @property
@@ -183,7 +335,7 @@ class Node:
     def status(self) -> Mapping[str, Any]:
         if self._started_at is None:
             raise NodeError("the node is not running")
-        return status_report(
+        report = status_report(
             peer_id=self.peer_id.to_base58(),
             addrs=self.addrs,
             peers=self.peers(),
@@ -191,6 +343,12 @@ class Node:
             now=trio.current_time(),
             swarm=self.config.swarm,
         )
+        report["stream"] = {
+            **dataclasses.asdict(self.stream.counters),
+            "dropped_local": self.stream.dropped_local(),
+        }
+        report["pubsub"] = dict(self.pubsub.counters_snapshot())
+        return report
 
 
 def _interface_ips() -> list[str]:

@@ -88,6 +88,9 @@ class Batcher:
             return None
         return min(current.opened_at for current in self._open.values()) + self.limits.window_s
 
+    def has_open(self, tlp: int) -> bool:
+        return tlp in self._open
+
     def pending(self) -> int:
         return sum(len(current.indicators) for current in self._open.values())
 
@@ -97,6 +100,6 @@ class Batcher:
         return pb.Batch(
             seq=self.last_seq,
             sent_ms=wall_ms,
-            tlp=tlp,
+            tlp=pb.Tlp.ValueType(tlp),
             indicators=current.indicators,
         )

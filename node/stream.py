@@ -1,0 +1,278 @@
+"""The indicator stream of a node: publish path, receive path, local subscribers.
+
+Publish: ``publish(indicators, tlp)`` hands the indicators to the batcher task through a
+bounded channel (a full channel blocks the caller: backpressure, never a drop). The batcher
+closes batches by count, bytes or window (``threatmesh.pubsub.batching``); each closed batch is
+first written to the store (so an acknowledged indicator survives a crash), then published
+on its TLP topic (which waits, bounded, for room in the peers' queues), then given to local
+subscribers. ``publish`` returns once every indicator it was given is in a batch that went
+through all three steps, or raises ``StreamError`` naming the step that failed.
+
+Receive: one task per TLP topic reads the messages GossipSub delivered (validated by the
+topic validator before they were forwarded), stores each batch under its origin and sequence
+number, and gives the new ones to local subscribers. A batch seen before (the same origin and
+sequence, e.g. our own publish coming back) is not given out twice.
+
+Local subscribers get a bounded buffer each; a subscriber that falls behind loses indicators
+one by one, counted in its ``dropped`` and in the node's status, and never slows the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+from google.protobuf.message import DecodeError
+from trio_typing import TaskStatus
+
+from threatmesh.node.logs import get_logger
+from threatmesh.node.store import AddResult, Store
+from threatmesh.pubsub.batching import Batcher, BatchLimits
+from threatmesh.pubsub.indicators import IndicatorError, validate_batch
+from threatmesh.pubsub.libp2p_gossipsub import PublishError, ThreatmeshPubsub
+from threatmesh.pubsub.proto import threatmesh_pb2 as pb
+from threatmesh.pubsub.topics import TLP_LEVELS, tlp_topic
+
+log = get_logger("threatmesh.stream")
+
+# Publish requests waiting for the batcher; a full queue blocks publishers (backpressure).
+PUBLISH_QUEUE_REQUESTS = 64
+# Each local subscriber buffers this many indicators before it starts losing them.
+SUBSCRIBER_BUFFER_INDICATORS = 50_000
+# How long publishing one batch may wait for room in the peers' outbound queues.
+PUBLISH_TIMEOUT_S = 30.0
+
+
+class StreamError(Exception):
+    """Publishing failed; the message says at which step and why."""
+
+
+@dataclass
+class StreamCounters:
+    published_indicators: int = 0
+    published_batches: int = 0
+    received_indicators: int = 0
+    received_batches: int = 0
+    duplicate_batches: int = 0
+    invalid_batches: int = 0
+    dropped_local: int = 0
+
+
+@dataclass
+class _Request:
+    indicators: Sequence[pb.Indicator]
+    tlp: int
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+
+
+@dataclass
+class Received:
+    """An indicator as a subscriber sees it: who sent it, in which batch."""
+
+    indicator: pb.Indicator
+    origin: str
+    seq: int
+
+
+class Subscription:
+    """A local subscriber's bounded buffer. Iterate it; ``dropped`` counts what it missed."""
+
+    def __init__(self, tlps: frozenset[int], buffer: int) -> None:
+        self.tlps = tlps
+        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[Received](buffer)
+
+    def offer(self, item: Received) -> bool:
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            self.dropped += 1
+            return False
+        except trio.BrokenResourceError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._send.close()
+        self._receive.close()
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self._receive.__aiter__()
+
+    async def receive(self) -> Received:
+        return await self._receive.receive()
+
+
+class IndicatorStream:
+    def __init__(
+        self,
+        *,
+        pubsub: ThreatmeshPubsub,
+        store: Store,
+        swarm: str,
+        our_peer_id: str,
+        limits: BatchLimits,
+        wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._pubsub = pubsub
+        self._store = store
+        self._swarm = swarm
+        self._our_peer_id = our_peer_id
+        self._wall_ms = wall_ms
+        # Continue after the highest sequence number we ever stored, gaps or not: a reused
+        # number would be dropped as a duplicate by every receiver.
+        self._batcher = Batcher(limits, last_seq=store.last_seq(our_peer_id))
+        self._requests_send, self._requests_receive = trio.open_memory_channel[_Request](
+            PUBLISH_QUEUE_REQUESTS
+        )
+        self._subscribers: set[Subscription] = set()
+        self._waiting: dict[int, list[_Request]] = {}
+        self.counters = StreamCounters()
+
+    # Public -----------------------------------------------------------------------------
+
+    async def publish(self, indicators: Sequence[pb.Indicator], tlp: int) -> int:
+        """Publish ``indicators`` (already validated) at ``tlp``; return how many went out."""
+        if not indicators:
+            return 0
+        request = _Request(indicators=indicators, tlp=tlp)
+        await self._requests_send.send(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise StreamError(request.error)
+        return len(indicators)
+
+    def subscribe(
+        self, tlps: Sequence[int] = (), buffer: int = SUBSCRIBER_BUFFER_INDICATORS
+    ) -> Subscription:
+        """A new local subscription to ``tlps`` (all levels when empty). Close it when done."""
+        levels = frozenset(tlps) if tlps else frozenset(tlp for tlp, _ in TLP_LEVELS)
+        subscription = Subscription(levels, buffer)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        self.counters.dropped_local += subscription.dropped
+        subscription.close()
+
+    def dropped_local(self) -> int:
+        return self.counters.dropped_local + sum(s.dropped for s in self._subscribers)
+
+    # Services ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for tlp, _ in TLP_LEVELS:
+                topic = tlp_topic(self._swarm, tlp)
+                self._pubsub.set_validator(topic, self._validator_for(tlp))
+                subscription = await self._pubsub.subscribe(topic)
+                nursery.start_soon(self._receive_topic, subscription, tlp)
+            nursery.start_soon(self._batch_publishes)
+            task_status.started()
+
+    async def _batch_publishes(self) -> None:
+        """Feed publish requests to the batcher; emit batches as they close."""
+        while True:
+            deadline = self._batcher.next_deadline()
+            request: _Request | None = None
+            with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                request = await self._requests_receive.receive()
+            now = trio.current_time()
+            if request is not None:
+                closed = self._batcher.add(request.indicators, request.tlp, now, self._wall_ms())
+                self._waiting.setdefault(request.tlp, []).append(request)
+                for batch in closed:
+                    await self._emit(batch)
+                if not self._batcher.has_open(request.tlp):
+                    self._finish(request.tlp, None)
+            for batch in self._batcher.due(now, self._wall_ms()):
+                error = await self._emit(batch)
+                self._finish(batch.tlp, error)
+
+    async def _emit(self, batch: pb.Batch) -> str | None:
+        """Store, publish, hand out one of our batches; an error text if a step failed."""
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._store.add_batch(
+                    origin=self._our_peer_id,
+                    seq=batch.seq,
+                    tlp=batch.tlp,
+                    indicators=batch.indicators,
+                    received_ms=batch.sent_ms,
+                )
+            )
+        except Exception as error:
+            log.error("cannot store our batch", seq=batch.seq, error=str(error))
+            return f"the store refused the batch: {error}"
+        self._hand_out(batch, self._our_peer_id)
+        try:
+            await self._pubsub.publish(
+                tlp_topic(self._swarm, batch.tlp),
+                batch.SerializeToString(),
+                timeout_s=PUBLISH_TIMEOUT_S,
+            )
+        except PublishError as error:
+            log.warning("batch stored but not forwarded", seq=batch.seq, error=str(error))
+            return f"stored locally but not forwarded to peers: {error}"
+        self.counters.published_batches += 1
+        self.counters.published_indicators += len(batch.indicators)
+        return None
+
+    def _finish(self, tlp: int, error: str | None) -> None:
+        for request in self._waiting.pop(tlp, []):
+            request.error = request.error or error
+            request.done.set()
+
+    async def _receive_topic(self, subscription: object, tlp: int) -> None:
+        while True:
+            message = await subscription.get()  # type: ignore[attr-defined]
+            origin = _peer_id_text(message.from_id)
+            if origin == self._our_peer_id:
+                continue  # our own batches were stored and handed out when we published
+            batch = pb.Batch.FromString(message.data)
+            result = await trio.to_thread.run_sync(self._store_received, origin, batch)
+            if result.duplicate:
+                self.counters.duplicate_batches += 1
+                continue
+            self.counters.received_batches += 1
+            self.counters.received_indicators += len(batch.indicators)
+            self._hand_out(batch, origin)
+
+    def _store_received(self, origin: str, batch: pb.Batch) -> AddResult:
+        return self._store.add_batch(
+            origin=origin,
+            seq=batch.seq,
+            tlp=batch.tlp,
+            indicators=batch.indicators,
+            received_ms=self._wall_ms(),
+        )
+
+    def _hand_out(self, batch: pb.Batch, origin: str) -> None:
+        for subscription in list(self._subscribers):
+            if batch.tlp not in subscription.tlps:
+                continue
+            for indicator in batch.indicators:
+                subscription.offer(Received(indicator, origin, batch.seq))
+
+    def _validator_for(self, tlp: int) -> Callable[[object, object], bool]:
+        def validate(forwarder: object, message: object) -> bool:
+            try:
+                batch = pb.Batch.FromString(message.data)  # type: ignore[attr-defined]
+                validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
+            except (IndicatorError, DecodeError) as error:
+                self.counters.invalid_batches += 1
+                log.info("rejected a batch", forwarder=str(forwarder), reason=str(error))
+                return False
+            return True
+
+        return validate
+
+
+def _peer_id_text(raw: bytes) -> str:
+    from libp2p.peer.id import ID
+
+    return ID(raw).to_base58()

@@ -1,0 +1,512 @@
+"""The one adapter between threatmesh and py-libp2p 0.8.1's Pubsub and GossipSub routers.
+
+``build_pubsub(host, GossipSettings())`` returns a ``ThreatmeshPubsub`` (with its
+``ThreatmeshGossipSub`` router). Each place where py-libp2p's default is wrong for a
+threat-intel firehose is fixed here, and only here (file:line are for libp2p 0.8.1; the tests in
+``tests/test_gossipsub_adapter.py`` fail if a fix stops working, so re-run them on any upgrade):
+
+- Heartbeat. ``gossipsub.py:179`` defaults to 120 s; GossipSub v1.1 says 1 s. And the default
+  ``adaptive_gossip_enabled=True`` lets ``_adapt_heartbeat_parameters`` (2852) raise the
+  interval back to 30-60 s whenever its "network health" (recomputed every 30 s) is below 0.7,
+  which it is for any mesh smaller than D. We pass 1 s and turn adaptive gossip off.
+- Spam limit. ``_check_spam_protection`` (2872) drops everything past 10 msg/s per peer and
+  topic, including our *own* publishes (the forwarder is our ID), silently. Off: the spec's
+  defences are scoring and graylisting, not a per-neighbour rate cap on a firehose.
+- Peer exchange. ``do_px=False`` (182) never *sends* PX, yet PX is always *accepted*
+  (``accept_px_threshold=-inf``), and heartbeat PRUNEs carry no PX or backoff even with
+  ``do_px=True``. We send PX whenever we prune and accept it only from peers whose score
+  reached ``accept_px_threshold`` (see ``score_params``).
+- Scoring. ``score.py`` subtracts P4/P5/P7 (``s -= weight * ...``, 318, 381, 390): its weights
+  are *positive* penalties, the opposite sign of the spec and go-libp2p. Defaults are weights
+  0, caps 0 and thresholds -inf, so nothing is ever scored or gated. ``score_params`` fixes it.
+- Per-IP colocation. ``add_peer`` reads the peer's IP before ``Pubsub`` stores its stream
+  (``pubsub.py:940`` vs 945), so P7 and eclipse protection never see an IP. We record it in
+  ``flush_pending_messages``, which ``Pubsub`` calls right after (``pubsub.py:959``).
+- Protocols. We offer /meshsub/1.2.0, 1.1.0, 1.0.0 (go-libp2p's list without /floodsub/1.0.0:
+  a floodsub peer gets every message of a topic, outside the mesh and its scoring, and no
+  current libp2p implementation needs it). Not 1.3+ (extensions, topic observation: drafts).
+- IDONTWANT (1.2). Upstream (``_emit_idontwant_for_message`` 2166) sends one, as a priority
+  RPC that takes an outbound queue slot, to every mesh peer for every message, our own
+  publishes and the peer that sent it to us included. That halves the queue under a burst.
+  Ours follows go-libp2p: only for received messages of at least ``idontwant_min_bytes``, not to
+  the forwarder or the origin, and never to a peer whose queue is above the watermark.
+- Message IDs. Content-addressed (``message_id``: SHA-256 of the data, DESIGN "Wire
+  protocol"). ``MessageCache.put`` (``mcache.py:73``) ignores the configured ID and keys on
+  from+seqno, so IHAVE/IWANT would use other IDs than the seen cache; ``attach`` replaces it.
+- Backpressure. Each peer's outbound ``RpcQueue`` (``pubsub.py:948``) and each subscription
+  channel (``SUBSCRIPTION_CHANNEL_SIZE``, 124) hold 32 entries, and a full one drops with a log
+  line. Ours are larger (still bounded); ``ThreatmeshPubsub.publish`` waits, bounded, until the
+  topic's peers' queues are under ``publish_watermark`` and raises ``PublishError`` instead of
+  dropping; every drop that remains is counted in ``counters`` (``GossipCounters``).
+- Message size. py-libp2p resets the stream of a peer that sends an RPC over
+  ``max_inbound_rpc_size`` and treats the peer as gone (``pubsub.py`` MessageTooLarge), and drops
+  an outbound RPC over the queue's ``max_message_size`` (counted here as ``dropped_oversized``),
+  while local subscribers still get the message. ``publish`` refuses such data up front.
+- StrictSign stays on (``pubsub.py:381``): our messages are signed, unsigned ones dropped.
+
+Running it: Pubsub and the router are py-libp2p "services"; ``running_pubsub`` starts both with
+``background_trio_service`` and waits until the pubsub is ready; ``run_pubsub`` is the same for
+``await nursery.start(run_pubsub, pubsub)``. The host must be running (``running(host, ...)``)::
+
+    pubsub = build_pubsub(host, GossipSettings())
+    pubsub.set_validator(topic, lambda forwarder, msg: is_valid(msg.data))
+    async with running_pubsub(pubsub):
+        subscription = await pubsub.subscribe(topic)
+        await pubsub.publish(topic, payload)          # may raise PublishError
+        msg = await subscription.get()                # rpc_pb2.Message; msg.data is the payload
+        status = pubsub.counters.as_dict()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.mcache import CacheEntry, MessageCache
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.pubsub.subscription import TrioSubscriptionAPI
+from libp2p.tools.anyio_service import background_trio_service
+
+# trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
+# pulls in (trio-typing); its TaskStatus is the same protocol.
+from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+# Highest first: multistream-select takes the first one both sides speak.
+PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
+
+# What an RPC adds around our payload: signature and public key (up to ~1.1 KiB for RSA-4096),
+# origin ID, seqno, topic, the signed peer record py-libp2p attaches to every RPC (~0.5 KiB).
+RPC_ENVELOPE_ALLOWANCE_BYTES = 4 * 1024
+
+# How long a waiting publisher sleeps before looking at the queues again when no write woke it
+# (a peer that disconnects drops its queue without writing).
+_QUEUE_RECHECK_S = 0.05
+
+Validator = Callable[[ID, rpc_pb2.Message], bool]
+
+
+class GossipError(Exception):
+    """Base of this module's errors."""
+
+
+class PublishError(GossipError):
+    """A message was not published (too large, or peers' queues stayed full); nothing was sent."""
+
+
+@dataclass(frozen=True)
+class GossipSettings:
+    """GossipSub parameters (spec names in comments) and our queue bounds."""
+
+    heartbeat_interval_s: float = 1.0  # spec: heartbeat_interval = 1 s
+    degree: int = 6  # D
+    degree_low: int = 4  # D_lo
+    degree_high: int = 12  # D_hi
+    gossip_window: int = 3  # mcache_gossip: heartbeats of IDs advertised in IHAVE
+    gossip_history: int = 5  # mcache_len: heartbeats a message stays servable by IWANT
+    fanout_ttl_s: int = 60
+    prune_backoff_s: int = 60
+    px_peers: int = 16  # peers offered / dialled per PRUNE
+    seen_ttl_s: int = 120  # how long a message ID stays "seen" (network-wide dedup)
+    max_message_bytes: int = 1024 * 1024  # whole RPC frame, in and out (go/js default 1 MiB)
+    outbound_queue_size: int = 256  # RPCs per peer (upstream 32)
+    subscription_queue_size: int = 1024  # messages per local subscription (upstream 32)
+    publish_watermark: int = 64  # publish() waits while a peer's queue holds more RPCs
+    publish_timeout_s: float = 10.0  # default bound on that wait
+    idontwant_min_bytes: int = 1024  # go-libp2p IDontWantMessageThreshold
+    max_idontwant_ids_per_peer: int = 1000  # go-libp2p MaxIDontWantMessages (upstream 10)
+    ip_colocation_threshold: int = 10  # peers per IP before P7 applies; raise for one-host labs
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest ``data`` that ``publish`` accepts."""
+        return self.max_message_bytes - RPC_ENVELOPE_ALLOWANCE_BYTES
+
+
+@dataclass
+class GossipCounters:
+    """Messages py-libp2p would have lost without a trace, counted for the node's status."""
+
+    dropped_outbound: int = 0  # RPC chunks refused by a full outbound queue (any peer)
+    dropped_outbound_messages: int = 0  # payload messages inside those chunks
+    dropped_oversized: int = 0  # RPC chunks over max_message_bytes, never sent
+    dropped_subscription: int = 0  # messages a local subscriber missed (its queue was full)
+    dropped_announce: int = 0  # our SUBSCRIBE/UNSUBSCRIBE refused by a full queue (retried)
+    idontwant_skipped: int = 0  # IDONTWANTs not sent because the peer's queue was busy
+    publish_timeouts: int = 0  # publish() calls that raised PublishError after waiting
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def message_id(msg: rpc_pb2.Message) -> bytes:
+    """The content-addressed message ID: the raw SHA-256 digest of ``msg.data``.
+
+    Raw bytes, not hex: IHAVE/IWANT IDs pass through ``safe_bytes_from_hex`` (``utils.py``),
+    which hex-*decodes* any ID that is ASCII hex text, so a hex ID would come back as other
+    bytes (or None) and miss the cache. A raw digest is ASCII hex only if all 32 bytes fall in
+    [0-9a-fA-F] (odds ~1e-34, and not constructible without a SHA-256 preimage).
+    The TLP travels inside the payload, so one payload never belongs to two topics.
+    """
+    return hashlib.sha256(msg.data).digest()
+
+
+def score_params(*, ip_colocation_threshold: int = 10) -> ScoreParams:
+    """Peer-score weights, caps and thresholds for py-libp2p's ``PeerScorer``.
+
+    Sign convention: the spec (and go-libp2p) writes penalties as *negative* weights that are
+    *added*. py-libp2p's ``score.py`` *subtracts* P4 (invalid messages), P5 (behaviour) and P7
+    (IP colocation), so here those weights are positive: a negative one would raise the score of
+    a peer that sends invalid messages. P1-P3 are added, as in the spec. A cap of 0 (upstream's
+    default) zeroes a term. Decays apply once per heartbeat, i.e. per second at our 1 s.
+
+    Scale: one first delivery (P2) is worth +1, up to +100; one invalid message costs 5. Five
+    invalid messages with no deliveries put a peer at -25: below ``gossip_threshold``, so we stop
+    gossiping with it; at -40 its messages are ignored; at -80 it is graylisted. PX is accepted
+    only from a peer at +10 or more (roughly ten recent first deliveries).
+    """
+    return ScoreParams(
+        # P1 is +1 per GRAFT in py-libp2p, not time in mesh: re-grafting would raise a score.
+        p1_time_in_mesh=TopicScoreParams(weight=0.0, cap=0.0, decay=1.0),
+        p2_first_message_deliveries=TopicScoreParams(weight=1.0, cap=100.0, decay=0.99),
+        # P3 is never fed upstream (on_mesh_delivery has no caller): leave it at zero.
+        p3_mesh_message_deliveries=TopicScoreParams(weight=0.0, cap=0.0, decay=1.0),
+        p4_invalid_messages=TopicScoreParams(weight=5.0, cap=1000.0, decay=0.99),
+        p5_behavior_penalty_weight=1.0,
+        p5_behavior_penalty_decay=0.99,
+        p5_behavior_penalty_threshold=10.0,  # upstream adds 5-10 per incident
+        p7_ip_colocation_weight=1.0,  # subtracted as weight * (peers over threshold)^2
+        p7_ip_colocation_threshold=ip_colocation_threshold,
+        # Spec ordering: graylist < publish < gossip <= 0 <= accept_px.
+        gossip_threshold=-20.0,
+        publish_threshold=-40.0,
+        graylist_threshold=-80.0,
+        accept_px_threshold=10.0,
+    )
+
+
+class _ContentAddressedMessageCache(MessageCache):
+    """``MessageCache`` keyed by the pubsub's message ID instead of from+seqno (mcache.py:73)."""
+
+    def __init__(
+        self, window_size: int, history_size: int, id_of: Callable[[rpc_pb2.Message], bytes]
+    ) -> None:
+        super().__init__(window_size, history_size)
+        self._id_of = id_of
+
+    def put(self, msg: rpc_pb2.Message) -> None:
+        mid = self._id_of(msg)
+        if mid in self.msgs:
+            return
+        self.msgs[mid] = msg
+        self.history[0].append(CacheEntry(mid, msg.topicIDs))
+
+
+class _SizedQueues(dict[ID, RpcQueue]):
+    """``Pubsub.peer_queues``, resizing each ``RpcQueue()`` (``pubsub.py:948``: 32 RPCs, no
+    setting) as Pubsub stores it, before anything can push to it. Upstream only uses ``[]=``."""
+
+    def __init__(self, max_rpcs: int, max_rpc_bytes: int) -> None:
+        super().__init__()
+        self._max_rpcs = max_rpcs
+        self._max_rpc_bytes = max_rpc_bytes
+
+    def __setitem__(self, peer_id: ID, queue: RpcQueue) -> None:
+        queue._queue.max_size = self._max_rpcs  # private in 0.8.1, see the class docstring
+        queue.max_message_size = self._max_rpc_bytes
+        super().__setitem__(peer_id, queue)
+
+
+class ThreatmeshGossipSub(GossipSub):
+    """GossipSub with our parameters, ID-aware mcache, IP tracking, IDONTWANT policy, counters."""
+
+    def __init__(self, settings: GossipSettings, counters: GossipCounters) -> None:
+        super().__init__(
+            protocols=list(PROTOCOLS),
+            degree=settings.degree,
+            degree_low=settings.degree_low,
+            degree_high=settings.degree_high,
+            time_to_live=settings.fanout_ttl_s,
+            gossip_window=settings.gossip_window,
+            gossip_history=settings.gossip_history,
+            # Annotated int upstream; it only ever reaches trio.sleep, so a float works.
+            heartbeat_interval=settings.heartbeat_interval_s,  # type: ignore[arg-type]
+            do_px=True,
+            px_peers_count=settings.px_peers,
+            prune_back_off=settings.prune_backoff_s,
+            score_params=score_params(ip_colocation_threshold=settings.ip_colocation_threshold),
+            max_idontwant_messages=settings.max_idontwant_ids_per_peer,
+            adaptive_gossip_enabled=False,
+            spam_protection_enabled=False,
+        )
+        self.settings = settings
+        self.counters = counters
+
+    def attach(self, pubsub: Pubsub) -> None:
+        super().attach(pubsub)
+        # IHAVE advertises, and IWANT looks up, the same IDs as the seen cache uses.
+        self.mcache = _ContentAddressedMessageCache(
+            self.mcache.window_size, self.mcache.history_size, pubsub.get_message_id
+        )
+
+    async def flush_pending_messages(self, peer_id: ID) -> None:
+        # The first point where pubsub.peers[peer_id] exists; see the module docstring.
+        self._track_remote_ip(peer_id)
+        await super().flush_pending_messages(peer_id)
+
+    def _track_remote_ip(self, peer_id: ID) -> None:
+        if self.pubsub is None or self.scorer is None:
+            return
+        stream = self.pubsub.peers.get(peer_id)
+        address = stream.get_remote_address() if stream is not None else None
+        if address is not None:
+            self.scorer.add_peer_ip(peer_id, address[0])
+
+    async def _emit_control_msgs(
+        self,
+        peers_to_graft: dict[ID, list[str]],
+        peers_to_prune: dict[ID, list[str]],
+        peers_to_gossip: dict[ID, dict[str, list[bytes]]],
+    ) -> None:
+        # Upstream packs heartbeat PRUNEs (oversubscribed mesh) bare: no PX, no backoff
+        # (gossipsub.py:1243). GossipSub v1.1 sends both, so those go through emit_prune.
+        for peer_id in [peer for peer in peers_to_prune if peer not in peers_to_graft]:
+            for topic in peers_to_prune.pop(peer_id):
+                await self.emit_prune(topic, peer_id, self.do_px, False)
+        await super()._emit_control_msgs(peers_to_graft, peers_to_prune, peers_to_gossip)
+
+    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
+        await self._send_idontwant(msg_forwarder, pubsub_msg)
+        await super().publish(msg_forwarder, pubsub_msg)
+
+    async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
+        """Upstream's IDONTWANT, called without the forwarder; replaced by ``_send_idontwant``."""
+        return None
+
+    async def _send_idontwant(self, forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """IDONTWANT per GossipSub v1.2, as go-libp2p sends it (see the module docstring)."""
+        pubsub = self.pubsub
+        if pubsub is None or forwarder == pubsub.my_id:
+            return
+        if len(msg.data) < self.settings.idontwant_min_bytes:
+            return
+        msg_id = pubsub.get_message_id(msg)
+        mesh_peers = {peer for topic in msg.topicIDs for peer in self.mesh.get(topic, ())}
+        for peer_id in mesh_peers - {forwarder, ID(msg.from_id)}:
+            if self.peer_protocol.get(peer_id) != PROTOCOL_ID_V12:
+                continue
+            queue = pubsub.peer_queues.get(peer_id)
+            if queue is None:
+                continue
+            if len(queue) >= self.settings.publish_watermark:
+                self.counters.idontwant_skipped += 1
+                continue
+            await self.emit_idontwant([msg_id], peer_id)
+
+    def _handle_dropped_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, reason: str) -> None:
+        if reason == "oversized":
+            self.counters.dropped_oversized += 1
+        else:  # "queue_full"
+            self.counters.dropped_outbound += 1
+            self.counters.dropped_outbound_messages += len(rpc.publish)
+        super()._handle_dropped_rpc(peer_id, rpc, reason)
+
+
+class ThreatmeshPubsub(Pubsub):
+    """Pubsub with bounded-but-larger queues, a waiting ``publish``, validators and counters."""
+
+    def __init__(
+        self,
+        host: IHost,
+        router: ThreatmeshGossipSub,
+        settings: GossipSettings,
+        counters: GossipCounters,
+    ) -> None:
+        super().__init__(
+            host,
+            router,
+            seen_ttl=settings.seen_ttl_s,
+            strict_signing=True,  # StrictSign: sign ours, drop unsigned (the upstream default)
+            msg_id_constructor=message_id,
+            max_inbound_rpc_size=settings.max_message_bytes,
+        )
+        self.gossip = router
+        self.settings = settings
+        self.counters = counters
+        self.peer_queues = _SizedQueues(settings.outbound_queue_size, settings.max_message_bytes)
+        self._queue_progress = trio.Event()
+
+    def counters_snapshot(self) -> dict[str, int]:
+        """The drop counters as a plain dict (for the node's status)."""
+        return self.counters.as_dict()
+
+    # Validators ---------------------------------------------------------------------------
+
+    def set_validator(self, topic: str, validator: Validator) -> None:
+        """Run ``validator(forwarder_peer_id, msg) -> bool`` on every message of ``topic``.
+
+        It runs after the signature check, on our own publishes too (forwarder = our ID). False
+        drops the message and counts an invalid message (P4) against the forwarder.
+        It must depend on ``msg.data`` and the topic only: py-libp2p caches the verdict by
+        message ID alone (``ValidationCache``, ``pubsub.py:1616``), and our IDs hash only the
+        data, so a verdict reached for one forwarder or origin is reused for the same payload
+        from any other. Per-peer decisions (trust) belong in a per-peer gate, not here.
+        """
+        self.set_topic_validator(topic, validator, is_async_validator=False)
+
+    # Subscriptions ------------------------------------------------------------------------
+
+    async def subscribe(self, topic_id: str) -> ISubscriptionAPI:
+        """Upstream ``subscribe`` (``pubsub.py:1392``) with our channel size instead of 32."""
+        if topic_id in self.topic_ids:
+            return self.subscribed_topics_receive[topic_id]
+        send_channel, receive_channel = trio.open_memory_channel[rpc_pb2.Message](
+            self.settings.subscription_queue_size
+        )
+        subscription = TrioSubscriptionAPI(
+            receive_channel, unsubscribe_fn=functools.partial(self.unsubscribe, topic_id)
+        )
+        self.subscribed_topics_send[topic_id] = send_channel
+        self.subscribed_topics_receive[topic_id] = subscription
+        packet, subopt = self._build_announce_rpc(topic_id, subscribe=True)
+        await self.message_all_peers(packet.SerializeToString(), announce=subopt)
+        await self.router.join(topic_id)
+        return subscription
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        """Upstream's delivery to local subscribers (``pubsub.py:1358``), with drops counted.
+
+        Delivery cannot wait here (this runs inside message handling), so a subscriber that
+        falls ``subscription_queue_size`` messages behind loses messages; each is counted.
+        """
+        for topic in publish_message.topicIDs:
+            channel = self.subscribed_topics_send.get(topic)
+            if channel is None:
+                continue
+            try:
+                channel.send_nowait(publish_message)
+            except trio.WouldBlock:
+                self.counters.dropped_subscription += 1
+                if self.counters.dropped_subscription % 1000 == 1:  # the first, then 1 in 1000
+                    log.warning(
+                        "a subscriber of %s fell %d messages behind; %d dropped so far",
+                        topic,
+                        self.settings.subscription_queue_size,
+                        self.counters.dropped_subscription,
+                    )
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the subscriber has gone away: nobody to deliver to
+
+    def _schedule_announce_retry(self, peer_id: ID, announce: rpc_pb2.RPC.SubOpts) -> None:
+        # Called for every announcement refused by a full queue (pubsub.py message_all_peers).
+        self.counters.dropped_announce += 1
+        super()._schedule_announce_retry(peer_id, announce)
+
+    # Publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self, topic_id: str | list[str], data: bytes, *, timeout_s: float | None = None
+    ) -> None:
+        """Publish ``data`` to ``topic_id``, waiting (bounded) for room instead of dropping.
+
+        Waits until the outbound queue of every peer subscribed to the topic holds at most
+        ``publish_watermark`` RPCs, then publishes (local subscribers and our validator
+        included). Raises ``PublishError`` if ``data`` is over ``max_payload_bytes``, or if
+        the queues are still above the watermark after ``timeout_s`` (default
+        ``settings.publish_timeout_s``); nothing is sent then. Upstream publishes never wait:
+        a burst fills the 32-slot queues before the sender tasks run and the rest is dropped.
+        """
+        topics = [topic_id] if isinstance(topic_id, str) else list(topic_id)
+        limit = self.settings.max_payload_bytes
+        if len(data) > limit:
+            raise PublishError(
+                f"{', '.join(topics)}: a message of {len(data)} bytes is over the limit of "
+                f"{limit} bytes (max_message_bytes minus the RPC envelope); split it"
+            )
+        wait_s = self.settings.publish_timeout_s if timeout_s is None else timeout_s
+        await trio.lowlevel.checkpoint()  # let the sender tasks run between publishes
+        with trio.move_on_after(wait_s):
+            await self._wait_for_queue_room(topics)
+        busy = self._busy_peers(topics)
+        if busy:
+            self.counters.publish_timeouts += 1
+            raise PublishError(
+                f"{', '.join(topics)}: outbound queues of {len(busy)} peer(s) stayed above "
+                f"{self.settings.publish_watermark} RPCs for {wait_s:g} s "
+                f"(first: {busy[0]}); the message was not published"
+            )
+        await super().publish(topic_id, data)
+
+    def _busy_peers(self, topics: list[str]) -> list[ID]:
+        watermark = self.settings.publish_watermark
+        peers = {peer for topic in topics for peer in self.peer_topics.get(topic, ())}
+        return [
+            peer
+            for peer in peers
+            if (queue := self.peer_queues.get(peer)) is not None and len(queue) > watermark
+        ]
+
+    async def _wait_for_queue_room(self, topics: list[str]) -> None:
+        while self._busy_peers(topics):
+            with trio.move_on_after(_QUEUE_RECHECK_S):
+                await self._queue_progress.wait()
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        ok = await super().write_msg(stream, rpc_msg)
+        # Every write follows a pop from some queue: wake publishers waiting for room.
+        self._queue_progress.set()
+        self._queue_progress = trio.Event()
+        return ok
+
+
+def build_pubsub(host: IHost, settings: GossipSettings) -> ThreatmeshPubsub:
+    """The pubsub every node runs, with its GossipSub router. Start it with ``running_pubsub``."""
+    if not 0 < settings.degree_low <= settings.degree <= settings.degree_high:
+        raise GossipError("mesh degrees must satisfy 0 < degree_low <= degree <= degree_high")
+    if not 0 < settings.publish_watermark < settings.outbound_queue_size:
+        raise GossipError("publish_watermark must be between 0 and outbound_queue_size")
+    if settings.max_payload_bytes <= 0:
+        raise GossipError(f"max_message_bytes must exceed {RPC_ENVELOPE_ALLOWANCE_BYTES}")
+    counters = GossipCounters()
+    return ThreatmeshPubsub(host, ThreatmeshGossipSub(settings, counters), settings, counters)
+
+
+@asynccontextmanager
+async def running_pubsub(pubsub: ThreatmeshPubsub) -> AsyncIterator[ThreatmeshPubsub]:
+    """Run the pubsub and its router (py-libp2p services) for the block; stop both after."""
+    try:
+        async with background_trio_service(pubsub), background_trio_service(pubsub.gossip):
+            await pubsub.wait_until_ready()
+            yield pubsub
+    finally:
+        # Pubsub's notifee hands connects and disconnects to the service through unbuffered
+        # channels (pubsub.py, `PubsubNotifee(peer_send, dead_peer_send)`) that are closed
+        # only by tasks of the running service. Once it has stopped, a later disconnect (the
+        # host closing its connections) blocks the swarm's notify in a listener's system
+        # task forever, and trio.run never returns. Closed channels make those sends fail
+        # fast (the notifee ignores BrokenResourceError).
+        pubsub.peer_receive_channel.close()
+        pubsub.dead_peer_receive_channel.close()
+
+
+async def run_pubsub(
+    pubsub: ThreatmeshPubsub, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """``await nursery.start(run_pubsub, pubsub)``: started once ready; runs until cancelled."""
+    async with running_pubsub(pubsub):
+        task_status.started()
+        await trio.sleep_forever()
