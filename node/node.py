@@ -346,6 +346,7 @@ class Node:
         report["stream"] = {
             **dataclasses.asdict(self.stream.counters),
             "dropped_local": self.stream.dropped_local(),
+            "subscribers": self.stream.subscriber_count(),
         }
         report["pubsub"] = dict(self.pubsub.counters_snapshot())
         return report

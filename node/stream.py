@@ -159,6 +159,9 @@ class IndicatorStream:
         self.counters.dropped_local += subscription.dropped
         subscription.close()
 
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
     def dropped_local(self) -> int:
         return self.counters.dropped_local + sum(s.dropped for s in self._subscribers)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,64 @@ def test_private_swarm_same_key_connects_other_key_does_not(
     assert events[-1]["event"] == "bootstrap peer unreachable; giving up"
     [failure] = [event for event in events if event["event"] == "bootstrap dial failed"]
     assert "swarm key" in failure["error"]
+
+
+def test_publish_tail_query_through_the_cli(tmp_path: Path, processes: list[NodeProcess]) -> None:
+    a = NodeProcess.start(tmp_path / "a", *LOOPBACK)
+    processes.append(a)
+    b = NodeProcess.start(tmp_path / "b", *LOOPBACK, "--bootstrap", a.stdout_lines[0])
+    processes.append(b)
+    assert b.wait_for_peers(1)
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "threatmesh",
+            "tail",
+            "--home",
+            str(tmp_path / "b"),
+            "--count",
+            "2",
+            "--tlp",
+            "green",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while b.status()["stream"]["subscribers"] < 1:
+            assert time.monotonic() < deadline, "tail did not subscribe"
+            time.sleep(0.05)
+        source = tmp_path / "feed.jsonl"
+        source.write_text(
+            '{"value": "203.0.113.9", "tags": ["scanner"]}\n'
+            '{"value": "bad..name"}\n'
+            '{"value": "EVIL.example.COM", "confidence": 90}\n'
+        )
+        result = run_cli(
+            "publish", "--home", str(tmp_path / "a"), "--tlp", "green", "--json", str(source)
+        )
+        assert result.returncode == 0, result.stderr
+        report = json_line(result.stdout)
+        assert report["accepted"] == 2
+        assert [rejected["line"] for rejected in report["rejected"]] == [2]
+        out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    assert tail.returncode == 0, err
+    received = [json.loads(line) for line in out.splitlines()]
+    assert sorted(record["value"] for record in received) == ["203.0.113.9", "evil.example.com"]
+    # query reads b's store directly (the node may or may not run)
+    result = run_cli("query", "--home", str(tmp_path / "b"), "--value", "evil.example.com")
+    assert result.returncode == 0, result.stderr
+    [stored] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert stored["confidence"] == 90
+    assert stored["tlp"] == "green"
+    b.stop()
+    result = run_cli("query", "--home", str(tmp_path / "b"), "--tag", "scanner", "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert "203.0.113.9" in result.stdout
+    assert result.stdout.splitlines()[0].startswith("value,itype,tlp")
