@@ -51,7 +51,7 @@ def test_readme_has_exactly_two_setup_commands() -> None:
     commands = re.findall(r"```sh\n(.*?)```", setup, flags=re.DOTALL)
     assert len(commands) == 2
     assert all(len(command.strip().splitlines()) == 1 for command in commands)
-    assert "threatmesh run" in commands[0]
+    assert "threatmesh demo" in commands[0]
     assert "pytest" in commands[1]
 
 

@@ -7,9 +7,9 @@ import json
 import httpx
 import pytest
 import trio
+from kit import Swarm, wait_until
 from libp2p.peer.id import ID
 
-from kit import Swarm, wait_until
 from threatmesh.node.node import Node
 from threatmesh.node.stream import Received
 from threatmesh.pubsub.indicators import IndicatorError
