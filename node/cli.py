@@ -242,9 +242,16 @@ def _read_source(source: str) -> str:
 
 
 def _csv_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        key: ";".join(value) if isinstance(value, list) else value for key, value in record.items()
-    }
+    """A record as a CSV row, lists joined as ``formats.to_csv`` does so the record columns
+    read back with ``publish --format csv``: tags by commas, URLs (references) by spaces,
+    other lists (providers, origins) by spaces."""
+    row = dict(record)
+    for key, value in record.items():
+        if isinstance(value, list):
+            row[key] = ",".join(value) if key == "tags" else " ".join(value)
+        elif value is None:
+            row[key] = ""
+    return row
 
 
 @app.command()
