@@ -243,12 +243,13 @@ def _read_source(source: str) -> str:
 
 def _csv_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """A record as a CSV row, lists joined as ``formats.to_csv`` does so the record columns
-    read back with ``publish --format csv``: tags by commas, URLs (references) by spaces,
-    other lists (providers, origins) by spaces."""
+    read back with ``publish --format csv``: tags by commas, references and other lists
+    (providers, origins) by spaces."""
+    joiners = {"tags": ","}
     row = dict(record)
     for key, value in record.items():
         if isinstance(value, list):
-            row[key] = ",".join(value) if key == "tags" else " ".join(value)
+            row[key] = joiners.get(key, " ").join(value)
         elif value is None:
             row[key] = ""
     return row

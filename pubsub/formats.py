@@ -262,7 +262,9 @@ def to_csv(indicators: Iterable[pb.Indicator]) -> Iterator[str]:
     """The header, then one CSV record per indicator, each without the line terminator.
 
     Tags are joined by commas (a tag cannot contain one), references by spaces (a URL cannot
-    contain one); ``expires`` is empty when the indicator does not expire.
+    contain one); ``expires`` is empty when the indicator does not expire. One ambiguity
+    remains: a reference that ends in "," reads back without it (the comma is taken for a
+    separator).
     """
     yield _csv_line(RECORD_FIELDS)
     for indicator in indicators:
