@@ -11,27 +11,17 @@ from typing import Any
 
 from threatmesh.node.errors import ConfigError
 from threatmesh.node.store import StoredIndicator
-from threatmesh.pubsub.indicators import ITYPE_BY_NAME, indicator_to_record, parse_tlp, tlp_name
+from threatmesh.pubsub.indicators import (
+    ITYPE_BY_NAME,
+    RECORD_FIELDS,
+    indicator_to_record,
+    parse_tlp,
+    tlp_name,
+)
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 
 # Columns of CSV output, in order: the indicator record, then what the store adds.
-CSV_FIELDS = (
-    "value",
-    "itype",
-    "tlp",
-    "confidence",
-    "tags",
-    "provider",
-    "first_seen",
-    "last_seen",
-    "expires",
-    "description",
-    "references",
-    "origin",
-    "sightings",
-    "providers",
-    "max_tlp",
-)
+CSV_FIELDS = (*RECORD_FIELDS, "origin", "sightings", "providers", "origins", "max_tlp")
 
 
 def received_record(indicator: pb.Indicator, origin: str) -> dict[str, Any]:
