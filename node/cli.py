@@ -29,7 +29,7 @@ from threatmesh.node.home import Home, default_home
 from threatmesh.node.logs import configure_logging, get_logger
 from threatmesh.node.records import CSV_FIELDS, query_filters, stored_record
 from threatmesh.node.store import Store
-from threatmesh.pubsub.formats import FORMATS
+from threatmesh.pubsub.formats import FORMATS, to_stix_bundle
 from threatmesh.pubsub.indicators import IndicatorError, parse_tlp
 from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import check_settings
@@ -201,11 +201,13 @@ def query(
     ] = None,
     tlp: Annotated[str | None, typer.Option("--tlp", help="Visible at this level.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="At most this many.", min=1)] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    fmt: Annotated[
+        str, typer.Option("--format", help="jsonl, csv or stix (a STIX 2.1 bundle).")
+    ] = "jsonl",
 ) -> None:
     """Read the node's store (whether or not the node runs)."""
-    if fmt not in ("jsonl", "csv"):
-        raise UsageProblem(f"--format: expected jsonl or csv, got {fmt!r}")
+    if fmt not in ("jsonl", "csv", "stix"):
+        raise UsageProblem(f"--format: expected jsonl, csv or stix, got {fmt!r}")
     node_home = _home(home)
     node_home.require()
     filters = query_filters(itype=itype, value=value, tag=tag, since=since, tlp=tlp)
@@ -214,6 +216,9 @@ def query(
         raise UsageProblem(f"{store_path}: no store yet; run the node first")
     with Store.open(store_path) as store:
         rows = store.iter_query(**filters, limit=limit)
+        if fmt == "stix":  # one bundle: the whole answer is held in memory (bound: --limit)
+            typer.echo(to_stix_bundle(row.indicator for row in rows))
+            return
         records = (stored_record(row) for row in rows)
         if fmt == "csv":
             writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -180,3 +180,12 @@ def test_publish_tail_query_through_the_cli(tmp_path: Path, processes: list[Node
     assert result.returncode == 0, result.stderr
     assert "203.0.113.9" in result.stdout
     assert result.stdout.splitlines()[0].startswith("value,itype,tlp")
+    result = run_cli("query", "--home", str(tmp_path / "b"), "--format", "stix")
+    assert result.returncode == 0, result.stderr
+    bundle = json.loads(result.stdout)
+    assert bundle["type"] == "bundle"
+    patterns = [obj["pattern"] for obj in bundle["objects"] if obj["type"] == "indicator"]
+    assert sorted(patterns) == [
+        "[domain-name:value = 'evil.example.com']",
+        "[ipv4-addr:value = '203.0.113.9']",
+    ]
