@@ -17,6 +17,8 @@ Endpoints:
   file in that format; answers ``{"accepted": N, "rejected": [{"line", "reason"}]}``.
 - ``GET /v1/stream?tlp=LEVEL[&tlp=LEVEL...]``: the live stream as JSON lines (one indicator
   record per line, with ``origin``), until the client hangs up.
+- ``GET /v1/events``: membership events as JSON lines (``{"event": "joined"|"left"|
+  "addresses_changed"|"dropped", "peer_id", ...}``), until the client hangs up.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ApiBackend(Protocol):
     ) -> Mapping[str, Any]: ...
 
     def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]: ...
+
+    def event_records(self) -> AsyncIterator[Mapping[str, Any]]: ...
 
 
 class BadRequest(Exception):
@@ -112,20 +116,27 @@ def build_api(backend: ApiBackend, token: str) -> Starlette:
         except BadRequest as error:
             return JSONResponse({"error": str(error)}, status_code=400)
 
-        async def lines() -> AsyncIterator[bytes]:
-            async for record in records:
-                yield json.dumps(record, sort_keys=True).encode() + b"\n"
+        return StreamingResponse(_ndjson(records), media_type="application/x-ndjson")
 
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+    async def get_events(request: Request) -> Response:
+        return StreamingResponse(
+            _ndjson(backend.event_records()), media_type="application/x-ndjson"
+        )
 
     return Starlette(
         routes=[
             Route("/v1/status", get_status, methods=["GET"]),
             Route("/v1/publish", post_publish, methods=["POST"]),
             Route("/v1/stream", get_stream, methods=["GET"]),
+            Route("/v1/events", get_events, methods=["GET"]),
         ],
         middleware=[Middleware(_BearerTokenMiddleware, token=token)],
     )
+
+
+async def _ndjson(records: AsyncIterator[Mapping[str, Any]]) -> AsyncIterator[bytes]:
+    async for record in records:
+        yield json.dumps(record, sort_keys=True).encode() + b"\n"
 
 
 async def serve_api(

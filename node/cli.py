@@ -130,6 +130,35 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def peers(
+    home: HomeOption = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Then follow joins and leaves until interrupted.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List the running node's connected peers; with --watch, follow membership events."""
+    client = ApiClient(_home(home))
+    report = client.get_json("/v1/status")
+    if as_json:
+        _print_json({"peers": report["peers"]})
+    else:
+        for peer_id in report["peers"]:
+            typer.echo(peer_id)
+    if not watch:
+        return
+    for event in client.stream_json_lines("/v1/events", []):
+        if as_json:
+            _print_json(event)
+        else:
+            detail = " ".join(event.get("addrs", []))
+            typer.echo(
+                f"{event['event']:<18} {event.get('peer_id', event.get('count', ''))} {detail}"
+            )
+        sys.stdout.flush()
+
+
+@app.command()
 def publish(
     source: Annotated[str, typer.Argument(help="File of indicators, or - for standard input.")],
     home: HomeOption = None,
@@ -330,6 +359,12 @@ def run(
         bool | None, typer.Option("--log-json/--log-text", help="Log JSON lines.")
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help="debug|info|...")] = None,
+    mdns: Annotated[
+        bool | None, typer.Option("--mdns/--no-mdns", help="LAN beacon (default on).")
+    ] = None,
+    dht_mode: Annotated[
+        str | None, typer.Option("--dht-mode", help="auto, server or client.")
+    ] = None,
 ) -> None:
     """Run a node in the foreground until SIGINT or SIGTERM."""
     node_home = _home(home)
@@ -341,6 +376,8 @@ def run(
         api=api,
         log_json=log_json,
         log_level=log_level,
+        mdns=mdns,
+        dht_mode=dht_mode,
     )
     from threatmesh.node.node import host_settings  # the heavy imports only for `run`
 

@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -53,6 +54,13 @@ class NodeConfig:
     dial_timeout_s: float = 10.0
     bootstrap_max_attempts: int = 8
     bootstrap_backoff_cap_s: float = 30.0
+    dht_mode: str = "auto"
+    mdns: bool = True
+    mdns_interfaces: tuple[str, ...] = ()
+    low_watermark: int = 32
+    high_watermark: int = 96
+    rendezvous_interval_s: float = 60.0
+    random_walk_interval_s: float = 60.0
 
     def listen_addrs(self) -> tuple[str, ...]:
         if self.listen is not None:
@@ -64,7 +72,9 @@ class NodeConfig:
         given = {key: value for key, value in overrides.items() if value is not None}
         for key, value in given.items():
             _check_key(key, value, "command line")
-        return dataclasses.replace(self, **given)
+        config = dataclasses.replace(self, **given)
+        check_consistency(config, "command line")
+        return config
 
     def psk_path(self, home: Path) -> Path | None:
         if not self.psk_file:
@@ -117,6 +127,15 @@ def _check_security(values: tuple[str, ...]) -> str:
     return f"unknown {bad[0]!r}; expected noise and/or tls" if bad else ""
 
 
+def _check_ips(values: tuple[str, ...]) -> str:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return f"{value!r} is not an IP address"
+    return ""
+
+
 def _at_least(minimum: float) -> Callable[[float], str]:
     return lambda value: "" if value >= minimum else f"expected a number >= {minimum:g}"
 
@@ -144,6 +163,13 @@ CONFIG_KEYS: Mapping[str, _Key] = {
     "dial_timeout_s": _Key(float, _at_least(0.1), "timeout of one dial"),
     "bootstrap_max_attempts": _Key(int, _at_least(1), "dial attempts per bootstrap peer"),
     "bootstrap_backoff_cap_s": _Key(float, _at_least(0.1), "longest wait between attempts"),
+    "dht_mode": _Key(str, _one_of(("auto", "server", "client")), "DHT mode"),
+    "mdns": _Key(bool, lambda value: "", "LAN beacon (mDNS) on or off"),
+    "mdns_interfaces": _Key(tuple, _check_ips, "interface IPs for mDNS; empty: all"),
+    "low_watermark": _Key(int, _at_least(0), "connections the node looks for"),
+    "high_watermark": _Key(int, _at_least(1), "connections above which it prunes"),
+    "rendezvous_interval_s": _Key(float, _at_least(1), "DHT rendezvous interval"),
+    "random_walk_interval_s": _Key(float, _at_least(1), "DHT random walk interval"),
 }
 
 _TYPE_NAMES = {
@@ -188,7 +214,19 @@ def parse_config(text: str, source: str = CONFIG_FILE_NAME) -> NodeConfig:
     for key, value in raw.items():
         _check_key(key, value, source)
         values[key] = _coerce(key, value, source)
-    return NodeConfig(**values)
+    config = NodeConfig(**values)
+    check_consistency(config, source)
+    return config
+
+
+def check_consistency(config: NodeConfig, source: str) -> None:
+    """Rules between keys: the watermarks must fit under the connection cap."""
+    if not config.low_watermark <= config.high_watermark <= config.max_connections:
+        raise ConfigError(
+            f"{source}: keys 'low_watermark' ({config.low_watermark}), 'high_watermark' "
+            f"({config.high_watermark}) and 'max_connections' ({config.max_connections}) "
+            "must be in that order"
+        )
 
 
 def load_config(path: Path) -> NodeConfig:

@@ -133,6 +133,7 @@ async def _start_nodes(nursery: trio.Nursery, root: Path, count: int) -> list[No
             listen=("/ip4/127.0.0.1/tcp/0",),
             bootstrap=bootstrap,
             bootstrap_backoff_cap_s=1.0,
+            mdns=False,  # the demo stays on 127.0.0.1
         )
         node = Node(config, home)
         await nursery.start(node.run)

@@ -16,7 +16,6 @@ pubsub, store, sync and reputation services to that list.
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -24,21 +23,21 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost
-from libp2p.peer.peerinfo import PeerInfo
 from multiaddr.utils import get_network_addrs
 
 # trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
 # pulls in (trio-typing); its TaskStatus is the same protocol.
 from trio_typing import TaskStatus
 
+from threatmesh.discovery import Discovery, DiscoverySettings, MembershipEvent
 from threatmesh.identity import Identity
 from threatmesh.node.api import BadRequest, ServiceUnavailable, build_api, serve_api
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.errors import NodeError
 from threatmesh.node.home import Home
 from threatmesh.node.logs import get_logger
-from threatmesh.node.policy import bootstrap_delay_s, expand_unspecified, status_report
-from threatmesh.node.records import received_record
+from threatmesh.node.policy import expand_unspecified, status_report
+from threatmesh.node.records import event_record, received_record
 from threatmesh.node.store import Store
 from threatmesh.node.stream import IndicatorStream, Received, StreamError
 from threatmesh.pubsub.batching import BatchLimits
@@ -51,19 +50,17 @@ from threatmesh.pubsub.indicators import (
 )
 from threatmesh.pubsub.libp2p_gossipsub import GossipSettings, build_pubsub, run_pubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
-from threatmesh.transports.addrs import parse_listen_addr, parse_peer_addr
-from threatmesh.transports.errors import TransportError
+from threatmesh.transports.addrs import parse_listen_addr
 from threatmesh.transports.libp2p_host import (
     HostSettings,
     build_host,
-    connect,
-    is_connected,
     running,
 )
 from threatmesh.transports.swarm_key import load_swarm_key
 
 log = get_logger("threatmesh.node")
 
+PEER_CACHE_FILE_NAME = "peers.json"
 # How often expired indicators are removed from the store.
 EXPIRY_SWEEP_INTERVAL_S = 60.0
 # One sweep removes at most EXPIRY_SWEEP_BATCH rows per call, EXPIRY_SWEEP_MAX_ROUNDS calls.
@@ -89,6 +86,23 @@ def host_settings(config: NodeConfig, home: Home) -> HostSettings:
     )
 
 
+def discovery_settings(config: NodeConfig) -> DiscoverySettings:
+    """Discovery's part of the config (bootstrap, DHT, mDNS, watermarks)."""
+    return DiscoverySettings(
+        dht_mode=config.dht_mode,
+        bootstrap=config.bootstrap,
+        bootstrap_max_attempts=config.bootstrap_max_attempts,
+        bootstrap_backoff_cap_s=config.bootstrap_backoff_cap_s,
+        mdns=config.mdns,
+        mdns_interfaces=config.mdns_interfaces,
+        rendezvous_interval_s=config.rendezvous_interval_s,
+        random_walk_interval_s=config.random_walk_interval_s,
+        low_watermark=config.low_watermark,
+        high_watermark=config.high_watermark,
+        dial_timeout_s=config.dial_timeout_s,
+    )
+
+
 class Node:
     """A running threatmesh node. Construct, then ``async with`` (or ``nursery.start(run)``)."""
 
@@ -106,6 +120,13 @@ class Node:
             swarm=config.swarm,
             our_peer_id=self.identity.peer_id.to_base58(),
             limits=BatchLimits(),
+        )
+        self.discovery = Discovery(
+            self.host,
+            discovery_settings(config),
+            swarm=config.swarm,
+            psk=self.settings.psk,
+            peer_cache_path=home.path / PEER_CACHE_FILE_NAME,
         )
         self.api_url: str | None = None
         self._api_token = home.ensure_api_token()
@@ -146,8 +167,8 @@ class Node:
             ):
                 await services.start(run_pubsub, self.pubsub)
                 await services.start(self.stream.run)
+                await services.start(self.discovery.run)
                 self.api_url = await services.start(self.serve_api)
-                services.start_soon(self.dial_bootstrap_peers)
                 services.start_soon(self.sweep_expired_indicators)
                 self._started_at = trio.current_time()
                 log.info("node started", peer_id=str(self.peer_id), swarm=self.config.swarm)
@@ -170,32 +191,6 @@ class Node:
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_api, app, self.config.api)
             await started(url)
-
-    async def dial_bootstrap_peers(self) -> None:
-        """Dial every configured bootstrap peer, each with its own capped backoff."""
-        async with trio.open_nursery() as nursery:
-            for text in self.config.bootstrap:
-                nursery.start_soon(self._dial_with_backoff, parse_peer_addr(text))
-
-    async def _dial_with_backoff(self, peer_info: PeerInfo) -> None:
-        for attempt in range(self.config.bootstrap_max_attempts):
-            await trio.sleep(
-                bootstrap_delay_s(attempt, self.config.bootstrap_backoff_cap_s, random.random())
-            )
-            if is_connected(self.host, peer_info):
-                return
-            try:
-                await connect(self.host, peer_info, timeout_s=self.config.dial_timeout_s)
-            except TransportError as error:
-                log.warning("bootstrap dial failed", attempt=attempt + 1, error=str(error))
-                continue
-            log.info("bootstrap peer connected", peer_id=str(peer_info.peer_id))
-            return
-        log.warning(
-            "bootstrap peer unreachable; giving up",
-            peer_id=str(peer_info.peer_id),
-            attempts=self.config.bootstrap_max_attempts,
-        )
 
     async def sweep_expired_indicators(self) -> None:
         """Delete expired indicators from the store, every ``EXPIRY_SWEEP_INTERVAL_S``."""
@@ -268,7 +263,25 @@ class Node:
             published += await self.stream.publish(group, level)
         return published
 
+    def events(self) -> trio.MemoryReceiveChannel[MembershipEvent]:
+        """Membership events (peer joined / left / addresses changed) from now on.
+
+        A bounded channel: a reader that falls behind loses events and then receives one
+        ``EventsDropped`` with the count. Close it when done.
+        """
+        return self.discovery.events()
+
     # Local API backend ------------------------------------------------------------------
+
+    def event_records(self) -> AsyncIterator[Mapping[str, Any]]:
+        channel = self.discovery.events()
+
+        async def records() -> AsyncIterator[Mapping[str, Any]]:
+            with channel:
+                async for event in channel:
+                    yield event_record(event)
+
+        return records()
 
     async def publish_text(
         self, text: str, *, fmt: str, tlp_name: str, provider: str
@@ -349,6 +362,7 @@ class Node:
             "subscribers": self.stream.subscriber_count(),
         }
         report["pubsub"] = dict(self.pubsub.counters_snapshot())
+        report["discovery"] = dict(self.discovery.status())
         return report
 
 

@@ -1,4 +1,4 @@
-"""Pure decisions of the node service: status report, bootstrap backoff, listen addresses.
+"""Pure decisions of the node service: the status report and printable listen addresses.
 
 Nothing here awaits, reads a clock or touches a socket; callers pass ``now`` and data in.
 """
@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from multiaddr import Multiaddr
-
-BOOTSTRAP_FIRST_DELAY_S = 0.5
 
 
 def status_report(
@@ -31,18 +29,6 @@ def status_report(
         "uptime_s": round(max(0.0, now - started_at), 3),
         "swarm": swarm,
     }
-
-
-def bootstrap_delay_s(attempt: int, cap_s: float, jitter: float = 0.0) -> float:
-    """Wait before dial attempt ``attempt`` (0-based): 0, then 0.5 s doubling up to ``cap_s``.
-
-    ``jitter`` in [0, 1) spreads a mass restart (callers pass ``random.random()``); it adds up
-    to 25 % of the delay.
-    """
-    if attempt <= 0:
-        return 0.0
-    delay: float = min(cap_s, BOOTSTRAP_FIRST_DELAY_S * 2 ** (attempt - 1))
-    return delay * (1.0 + 0.25 * jitter)
 
 
 def expand_unspecified(addrs: Sequence[Multiaddr], interface_ips: Sequence[str]) -> list[str]:

@@ -6,9 +6,17 @@ store query arguments, with errors that name the option.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
+from threatmesh.discovery import (
+    EventsDropped,
+    MembershipEvent,
+    PeerAddressesChanged,
+    PeerJoined,
+    PeerLeft,
+)
 from threatmesh.node.errors import ConfigError
 from threatmesh.node.store import StoredIndicator
 from threatmesh.pubsub.indicators import (
@@ -22,6 +30,18 @@ from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 
 # Columns of CSV output, in order: the indicator record, then what the store adds.
 CSV_FIELDS = (*RECORD_FIELDS, "origin", "sightings", "providers", "origins", "max_tlp")
+
+
+def event_record(event: MembershipEvent) -> dict[str, Any]:
+    """A membership event as JSON: ``{"event": "joined"|..., "peer_id", ...}``."""
+    fields = {key: value for key, value in dataclasses.asdict(event).items() if key != "at"}
+    name = {
+        PeerJoined: "joined",
+        PeerLeft: "left",
+        PeerAddressesChanged: "addresses_changed",
+        EventsDropped: "dropped",
+    }[type(event)]
+    return {"event": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}
 
 
 def received_record(indicator: pb.Indicator, origin: str) -> dict[str, Any]:

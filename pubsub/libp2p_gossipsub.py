@@ -63,6 +63,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -349,6 +350,10 @@ class ThreatmeshPubsub(Pubsub):
         self.counters = counters
         self.peer_queues = _SizedQueues(settings.outbound_queue_size, settings.max_message_bytes)
         self._queue_progress = trio.Event()
+        # Per-stream write locks (see write_msg); weak keys, so closed streams drop out.
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def counters_snapshot(self) -> dict[str, int]:
         """The drop counters as a plain dict (for the node's status)."""
@@ -466,7 +471,17 @@ class ThreatmeshPubsub(Pubsub):
                 await self._queue_progress.wait()
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
-        ok = await super().write_msg(stream, rpc_msg)
+        # One writer per stream at a time. Yamux (stream_muxer/yamux/yamux.py, ``write``)
+        # takes its write lock per 64 KiB frame, not per message, and py-libp2p writes to a
+        # peer's stream from several tasks (the RPC queue's sender, hello, IWANT replies), so
+        # two RPCs over 64 KiB interleave their frames and the receiver fails to decode the
+        # stream (DecodeError; the connection's task dies). Measured: a 10,000-indicator
+        # burst in 512 KiB batches broke every run without this lock.
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            ok = await super().write_msg(stream, rpc_msg)
         # Every write follows a pop from some queue: wake publishers waiting for room.
         self._queue_progress.set()
         self._queue_progress = trio.Event()

@@ -48,7 +48,9 @@ class Swarm:
     async def start(self, name: str, **overrides: Any) -> Node:
         home = Home(self._base / name)
         home.init()
-        base = NodeConfig(listen=(LOOPBACK_TCP,), bootstrap_backoff_cap_s=1.0)
+        # No mDNS: in-process test nodes must not beacon on the machine's interfaces (other
+        # test runs would find them); discovery tests turn it on explicitly.
+        base = NodeConfig(listen=(LOOPBACK_TCP,), bootstrap_backoff_cap_s=1.0, mdns=False)
         node = Node(base.with_overrides(**overrides), home)
         with trio.fail_after(10):
             await self._nursery.start(node.run)
@@ -120,6 +122,7 @@ class NodeProcess:
                     str(home),
                     "--api",
                     "127.0.0.1:0",
+                    "--no-mdns",
                     *flags,
                 ],
                 stdout=subprocess.PIPE,

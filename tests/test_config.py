@@ -42,13 +42,29 @@ def test_values_are_read() -> None:
         f'bootstrap = ["/ip4/10.0.0.1/tcp/4001/p2p/{PEER}"]\n'
         'security = ["noise", "tls"]\n'
         "max_connections = 50\n"
+        "high_watermark = 40\n"
         "dial_timeout_s = 3\n"
+        "mdns = false\n"
+        'mdns_interfaces = ["192.0.2.1"]\n'
+        'dht_mode = "client"\n'
     )
     assert config.swarm == "acme-cert"
     assert config.listen_addrs() == ("/ip4/127.0.0.1/tcp/4002", "/ip4/127.0.0.1/tcp/4003/ws")
     assert config.security == ("noise", "tls")
     assert config.max_connections == 50
     assert config.dial_timeout_s == 3.0
+    assert (config.mdns, config.mdns_interfaces, config.dht_mode) == (
+        False,
+        ("192.0.2.1",),
+        "client",
+    )
+
+
+def test_watermarks_must_fit_under_the_connection_cap() -> None:
+    with pytest.raises(ConfigError, match=r"'high_watermark'.*'max_connections'"):
+        parse_config("max_connections = 50\n")
+    with pytest.raises(ConfigError, match="command line"):
+        NodeConfig().with_overrides(low_watermark=100)
 
 
 @pytest.mark.parametrize(
@@ -72,6 +88,8 @@ def test_values_are_read() -> None:
         ("max_connections = 1.5", ["'max_connections'", "an integer"]),
         ("max_connections = true", ["'max_connections'", "an integer"]),
         ("key_type = 'rsa'", ["'key_type'", "secp256k1"]),
+        ("dht_mode = 'both'", ["'dht_mode'", "server"]),
+        ("mdns_interfaces = ['eth0']", ["'mdns_interfaces'", "not an IP address"]),
         ("swarm = ", ["not valid TOML"]),
     ],
 )

@@ -96,8 +96,10 @@ async def test_unreachable_bootstrap_gives_up_after_capped_attempts(swarm: Swarm
             bootstrap_backoff_cap_s=0.1,
         )
         await wait_until(lambda: any("giving up" in entry["event"] for entry in logs))
-    failures = [entry for entry in logs if entry["event"] == "bootstrap dial failed"]
-    assert [entry["attempt"] for entry in failures] == [1, 2, 3]
+    [gave_up] = [entry for entry in logs if entry["event"] == "peer unreachable; giving up"]
+    assert gave_up["attempts"] == 3
+    assert gave_up["peer_id"] == peer
+    assert gave_up["error"]
     assert node.status()["peers"] == []  # and the node still answers
 
 
