@@ -203,7 +203,7 @@ async def test_other_key_is_refused_within_2s(
 
 
 async def test_connection_limit_admits_max_connections_peers(swarm: Swarm) -> None:
-    listener = await swarm.start("listener", max_connections=2)
+    listener = await swarm.start("listener", max_connections=2, low_watermark=0, high_watermark=2)
     for name in ("b", "c", "d"):
         await swarm.start(name)
     await swarm.connect("b", "listener")
