@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -116,3 +117,28 @@ async def test_named_nodes_in_one_process(swarm: Swarm, count: int) -> None:
         await swarm.start(name, bootstrap=(swarm.addr(names[0]),))
     await wait_until(lambda: len(swarm[names[0]].peers()) == count - 1)
     assert len({swarm[name].peer_id for name in names}) == count
+
+
+async def test_membership_events_through_the_api(swarm: Swarm) -> None:
+    a = await swarm.start("a")
+    events: list[dict[str, object]] = []
+
+    def read_events() -> None:
+        with httpx.stream(
+            "GET",
+            f"{a.api_url}/v1/events",
+            headers={"Authorization": f"Bearer {a.home.api_token()}"},
+            timeout=httpx.Timeout(5, read=20),
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                events.append(json.loads(line))
+                if events[-1]["event"] == "joined":
+                    return
+
+    internal_subscribers = len(a.discovery.hub._subscribers)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, read_events)
+        await wait_until(lambda: len(a.discovery.hub._subscribers) > internal_subscribers)
+        b = await swarm.start("b", bootstrap=(swarm.addr("a"),))
+    assert events[-1] == {"event": "joined", "peer_id": b.peer_id.to_base58(), "addrs": []}
