@@ -189,7 +189,12 @@ class IndicatorStream:
                 closed = self._batcher.add(request.indicators, request.tlp, now, self._wall_ms())
                 self._waiting.setdefault(request.tlp, []).append(request)
                 for batch in closed:
-                    await self._emit(batch)
+                    error = await self._emit(batch)
+                    if error is not None:
+                        # Conservative: every request waiting at this level may have had
+                        # indicators in the failed batch, so each one reports the failure.
+                        for waiting in self._waiting.get(request.tlp, []):
+                            waiting.error = waiting.error or error
                 if not self._batcher.has_open(request.tlp):
                     self._finish(request.tlp, None)
             for batch in self._batcher.due(now, self._wall_ms()):

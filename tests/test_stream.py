@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
 import trio
 from kit import Swarm, wait_until
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
 
+from threatmesh.node.home import Home
 from threatmesh.node.node import Node
-from threatmesh.node.stream import Received
+from threatmesh.node.stream import Received, StreamError
 from threatmesh.pubsub.indicators import IndicatorError
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.pubsub.topics import tlp_topic
+from threatmesh.transports.errors import TransportError
+from threatmesh.transports.libp2p_host import connect
 
 DELIVERY_TIMEOUT_S = 30
 
@@ -184,3 +190,35 @@ def test_peer_id_text_roundtrip() -> None:
 
     peer = generate_identity().peer_id
     assert ID(peer.to_bytes()).to_base58() == peer.to_base58()
+
+
+@pytest.mark.parametrize("count", [10, 5000], ids=["closed-by-window", "closed-by-size"])
+async def test_a_batch_that_cannot_be_stored_is_reported_to_the_publisher(
+    swarm: Swarm, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await swarm.start("a")
+
+    def broken_store(**_: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(a.store, "add_batch", broken_store)
+    with pytest.raises(StreamError, match="disk full"):
+        await a.publish(_records(count, "lost"))
+    assert a.stream.counters.published_indicators == 0
+
+
+async def test_a_peer_that_failed_a_dial_is_dialled_again_at_once(swarm: Swarm) -> None:
+    # py-libp2p blocks a peer for 60 s after a failed dial, so nodes started together could
+    # give up on each other; our connect dials again. b is dialled before it listens.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    a = await swarm.start("a")
+    b_identity = Home(a.home.path.parent / "b")
+    peer_id = b_identity.init()[0].peer_id
+    b_addr = PeerInfo(peer_id, [Multiaddr(f"/ip4/127.0.0.1/tcp/{port}")])
+    with pytest.raises(TransportError):
+        await connect(a.host, b_addr, timeout_s=5)
+    await swarm.start("b", listen=(f"/ip4/127.0.0.1/tcp/{port}",))
+    await connect(a.host, b_addr, timeout_s=5)
+    assert a.peers() == [peer_id.to_base58()]

@@ -26,6 +26,7 @@ wrong for us is fixed here, and only here:
 - The swarm's auto-connector dials any peer in the peerstore until it holds half of
   ``max_connections``; discovery decides whom to connect to, so it is replaced by a no-op.
 - Stopping ``host.run`` does not close the listening sockets (see ``running``).
+- A failed dial blocks the peer for 60 s (negative cache); ``connect`` clears it first.
 - A refused connection looks like a success: a listener that denies a connection (limits)
   closes it after the upgrade, and ``host.connect()`` returns normally. ``connect`` here checks
   that a live connection exists afterwards.
@@ -279,7 +280,14 @@ def _reason(error: BaseException) -> str:
 
 
 async def connect(host: IHost, peer_info: PeerInfo, timeout_s: float = 10.0) -> None:
-    """Connect to ``peer_info`` or raise TransportError; never report a refused conn as up."""
+    """Connect to ``peer_info`` or raise TransportError; never report a refused conn as up.
+
+    Every call really dials. py-libp2p keeps a peer whose dial failed in a 60 s negative
+    cache (``network/swarm.py``, ``_NegativePeerCache``) and fails every dial to it within
+    that time at once; our callers (bootstrap, discovery) have their own capped backoff, and
+    with the cache nodes started together could give up on each other for good.
+    """
+    _swarm(host).unblock_peer(peer_info.peer_id)
     try:
         with trio.fail_after(timeout_s):
             await host.connect(peer_info)
