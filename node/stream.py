@@ -268,6 +268,10 @@ class IndicatorStream:
 
     def _validator_for(self, tlp: int) -> Callable[[object, object], bool]:
         def validate(forwarder: object, message: object) -> bool:
+            if _peer_id_text(message.from_id) == self._our_peer_id:  # type: ignore[attr-defined]
+                # py-libp2p runs topic validators on our own publishes too; their indicators
+                # were validated when they were published (Node.publish), so skip the repeat.
+                return True
             try:
                 batch = pb.Batch.FromString(message.data)  # type: ignore[attr-defined]
                 validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
