@@ -583,6 +583,10 @@ def test_cached_peer_is_plain_data() -> None:
 class _FakeNetwork:
     def __init__(self) -> None:
         self.connections: dict[object, list[object]] = {}
+        self.unblocked: list[object] = []
+
+    def unblock_peer(self, peer_id: object) -> None:  # Swarm's negative dial cache
+        self.unblocked.append(peer_id)
 
 
 class _FakeHost:
