@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 
 import structlog
 import trio
-from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import IHost, INetConn, INetwork
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import PeerStoreError
-from multiaddr import Multiaddr
 
 # trio's own TaskStatus type is hidden from mypy by trio-typing's stubs (see node/node.py).
 from trio_typing import TaskStatus
 
 from threatmesh.discovery.dialer import dialable_addrs
 from threatmesh.discovery.errors import DiscoveryError, DiscoverySettingsError
+from threatmesh.discovery.notifee import QuietNotifee
 
 log = structlog.get_logger("threatmesh.discovery.events")
 
@@ -220,7 +220,7 @@ class _Change:
     connection: Hashable
 
 
-class _ConnectionNotifee(INotifee):
+class _ConnectionNotifee(QuietNotifee):
     def __init__(self, offer: _Offer) -> None:
         self._offer = offer
 
@@ -229,18 +229,6 @@ class _ConnectionNotifee(INotifee):
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._offer(_Change(False, conn.muxed_conn.peer_id, id(conn)))
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
 
 
 class _Offer:

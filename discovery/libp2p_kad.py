@@ -69,6 +69,7 @@ from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from threatmesh.discovery.errors import DiscoverySettingsError
+from threatmesh.discovery.notifee import QuietNotifee
 
 log = structlog.get_logger("threatmesh.discovery.kad")
 
@@ -265,7 +266,7 @@ class KadStats:
     lookups_failed: int = 0
 
 
-class _AdmissionNotifee(INotifee):
+class _AdmissionNotifee(QuietNotifee):
     """Puts each newly connected peer into the admission queue; never blocks the swarm."""
 
     def __init__(self, offer: Callable[[ID], object]) -> None:
@@ -273,21 +274,6 @@ class _AdmissionNotifee(INotifee):
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         self._offer(conn.muxed_conn.peer_id)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        return None
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
 
 
 _T = TypeVar("_T")

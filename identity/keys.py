@@ -15,8 +15,6 @@ Rules:
 from __future__ import annotations
 
 import enum
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from libp2p.crypto import ed25519, secp256k1
 from libp2p.crypto.keys import KeyPair, PrivateKey
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
+
+from threatmesh.identity.private_files import create_private_file, read_private_file
 
 KEY_FILE_NAME = "identity.key"
 
@@ -72,43 +72,25 @@ def write_key_file(path: Path, identity: Identity) -> None:
     another user could read it. An existing file is never overwritten: that would change the
     node's peer ID.
     """
-    data = identity.key_pair.private_key.serialize()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise IdentityError(
-            f"{path}: a key file already exists; refusing to overwrite it"
-        ) from None
-    except OSError as error:
-        raise IdentityError(f"{path}: cannot create the key file: {error.strerror}") from None
-    with os.fdopen(fd, "wb") as key_file:
-        key_file.write(data)
-        key_file.flush()
-        os.fsync(key_file.fileno())
+    create_private_file(
+        path,
+        identity.key_pair.private_key.serialize(),
+        what="key file",
+        exists="a key file already exists",
+        error=IdentityError,
+    )
 
 
 def load_key_file(path: Path) -> Identity:
     """Read the key file at ``path``; refuse it if it is too open or corrupt."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise IdentityError(f"{path}: no key file; run `threatmesh init` first") from None
-    except OSError as error:
-        raise IdentityError(f"{path}: cannot read the key file: {error.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise IdentityError(f"{path}: the key file is not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise IdentityError(
-            f"{path}: permissions {mode:04o} are too open; the key must be readable by its "
-            f"owner only (run: chmod 600 {path})"
-        )
-    if info.st_size > MAX_KEY_FILE_BYTES:
-        raise IdentityError(f"{path}: the key file is corrupt (too large to be a key)")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise IdentityError(f"{path}: cannot read the key file: {error.strerror}") from None
+    data = read_private_file(
+        path,
+        what="key file",
+        secret="key",
+        max_bytes=MAX_KEY_FILE_BYTES,
+        missing="no key file; run `threatmesh init` first",
+        error=IdentityError,
+    )
     try:
         private_key = deserialize_private_key(data)
     except Exception:  # protobuf, coincurve and nacl raise many types for garbage

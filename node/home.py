@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from threatmesh.identity import KEY_FILE_NAME, Identity, KeyType, load_key_file, load_or_create
+from threatmesh.identity.private_files import create_private_file, read_private_file
 from threatmesh.node.config import CONFIG_FILE_NAME, default_config_text
 from threatmesh.node.errors import HomeError
 from threatmesh.node.store import STORE_FILE_NAME
@@ -115,21 +115,26 @@ class Home:
             return None
 
 
+# An API token is 43 characters; anything much larger is not a token file.
+MAX_TOKEN_FILE_BYTES = 1024
+
+
 def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as secret_file:
-        secret_file.write(text + "\n")
+    create_private_file(
+        path, (text + "\n").encode(), what="API token file", exists="exists", error=HomeError
+    )
 
 
 def _read_secret(path: Path) -> str:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise HomeError(f"{path}: no API token; run `threatmesh init` first") from None
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise HomeError(f"{path}: permissions {mode:04o} are too open (run: chmod 600 {path})")
-    token = path.read_text(encoding="utf-8").strip()
+    data = read_private_file(
+        path,
+        what="API token file",
+        secret="API token",
+        max_bytes=MAX_TOKEN_FILE_BYTES,
+        missing="no API token; run `threatmesh init` first",
+        error=HomeError,
+    )
+    token = data.decode("utf-8", errors="replace").strip()
     if not token:
         raise HomeError(f"{path}: the API token file is empty")
     return token

@@ -54,6 +54,7 @@ from threatmesh.transports.addrs import parse_listen_addr
 from threatmesh.transports.libp2p_host import (
     HostSettings,
     build_host,
+    connected_peers,
     running,
 )
 from threatmesh.transports.swarm_key import load_swarm_key
@@ -183,14 +184,11 @@ class Node:
     async def serve_api(self, *, task_status: TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """The local HTTP API; its URL is written to ``<home>/api.addr`` once it listens."""
 
-        async def started(url: str) -> None:
-            self.home.write_api_addr(url)
-            task_status.started(url)
-
         app = build_api(self, self._api_token)
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_api, app, self.config.api)
-            await started(url)
+            self.home.write_api_addr(url)
+            task_status.started(url)
 
     async def sweep_expired_indicators(self) -> None:
         """Delete expired indicators from the store, every ``EXPIRY_SWEEP_INTERVAL_S``."""
@@ -338,12 +336,7 @@ class Node:
         return [addr + suffix for addr in listen]
 
     def peers(self) -> list[str]:
-        connections = self.host.get_network().connections
-        return [
-            peer_id.to_base58()
-            for peer_id, conns in list(connections.items())
-            if any(not getattr(conn, "is_closed", False) for conn in conns)
-        ]
+        return [peer_id.to_base58() for peer_id in connected_peers(self.host)]
 
     def status(self) -> Mapping[str, Any]:
         if self._started_at is None:

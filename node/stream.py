@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 
 import trio
 from google.protobuf.message import DecodeError
+from libp2p.abc import ISubscriptionAPI
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 from trio_typing import TaskStatus
 
 from threatmesh.node.logs import get_logger
@@ -235,9 +238,9 @@ class IndicatorStream:
             request.error = request.error or error
             request.done.set()
 
-    async def _receive_topic(self, subscription: object, tlp: int) -> None:
+    async def _receive_topic(self, subscription: ISubscriptionAPI, tlp: int) -> None:
         while True:
-            message = await subscription.get()  # type: ignore[attr-defined]
+            message = await subscription.get()
             origin = _peer_id_text(message.from_id)
             if origin == self._our_peer_id:
                 continue  # our own batches were stored and handed out when we published
@@ -266,14 +269,14 @@ class IndicatorStream:
             for indicator in batch.indicators:
                 subscription.offer(Received(indicator, origin, batch.seq))
 
-    def _validator_for(self, tlp: int) -> Callable[[object, object], bool]:
-        def validate(forwarder: object, message: object) -> bool:
-            if _peer_id_text(message.from_id) == self._our_peer_id:  # type: ignore[attr-defined]
+    def _validator_for(self, tlp: int) -> Callable[[ID, rpc_pb2.Message], bool]:
+        def validate(forwarder: ID, message: rpc_pb2.Message) -> bool:
+            if _peer_id_text(message.from_id) == self._our_peer_id:
                 # py-libp2p runs topic validators on our own publishes too; their indicators
                 # were validated when they were published (Node.publish), so skip the repeat.
                 return True
             try:
-                batch = pb.Batch.FromString(message.data)  # type: ignore[attr-defined]
+                batch = pb.Batch.FromString(message.data)
                 validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
             except (IndicatorError, DecodeError) as error:
                 self.counters.invalid_batches += 1
@@ -285,6 +288,4 @@ class IndicatorStream:
 
 
 def _peer_id_text(raw: bytes) -> str:
-    from libp2p.peer.id import ID
-
     return ID(raw).to_base58()

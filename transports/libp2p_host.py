@@ -47,6 +47,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import MultiError
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.swarm import Swarm
+from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.rcmgr import ResourceManager
 from libp2p.rcmgr.connection_limits import ConnectionLimits
@@ -249,9 +250,17 @@ async def running(host: IHost, listen_addrs: Sequence[Multiaddr]) -> AsyncIterat
                 await host.close()
 
 
-def is_connected(host: IHost, peer_info: PeerInfo) -> bool:
-    connections = host.get_network().connections.get(peer_info.peer_id) or []
+def _live(connections: Sequence[object]) -> bool:
     return any(not getattr(connection, "is_closed", False) for connection in connections)
+
+
+def is_connected(host: IHost, peer_info: PeerInfo) -> bool:
+    return _live(host.get_network().connections.get(peer_info.peer_id) or [])
+
+
+def connected_peers(host: IHost) -> list[ID]:
+    """Peers with at least one open connection (the swarm's table keeps closing ones)."""
+    return [peer for peer, conns in list(host.get_network().connections.items()) if _live(conns)]
 
 
 def _reason(error: BaseException) -> str:

@@ -32,11 +32,11 @@ import hashlib
 import os
 import re
 import secrets
-import stat
 from pathlib import Path
 
 from Crypto.Cipher import Salsa20
 
+from threatmesh.identity.private_files import create_private_file, read_private_file
 from threatmesh.transports.errors import SwarmKeyError
 
 SWARM_KEY_BYTES = 32
@@ -92,6 +92,10 @@ def parse_swarm_key(data: bytes, source: str = "swarm key") -> bytes:
     )
 
 
+def _create_private_file(path: Path, data: bytes, *, exists: str) -> None:
+    create_private_file(path, data, what="swarm key file", exists=exists, error=SwarmKeyError)
+
+
 def write_swarm_key(path: Path, psk: bytes, *, overwrite: bool = False) -> None:
     """Write ``psk`` to a new file at ``path`` with mode 0600.
 
@@ -102,10 +106,10 @@ def write_swarm_key(path: Path, psk: bytes, *, overwrite: bool = False) -> None:
     """
     data = format_swarm_key(psk)
     if not overwrite:
-        _create_private_file(path, data, exists_message="a swarm key file already exists")
+        _create_private_file(path, data, exists="a swarm key file already exists")
         return
     temporary_path = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    _create_private_file(temporary_path, data, exists_message="temporary file exists")
+    _create_private_file(temporary_path, data, exists="temporary file exists")
     try:
         os.replace(temporary_path, path)
     except OSError as error:
@@ -117,32 +121,14 @@ def write_swarm_key(path: Path, psk: bytes, *, overwrite: bool = False) -> None:
 
 def load_swarm_key(path: Path) -> bytes:
     """Read the swarm key at ``path``; refuse it if missing, too open or malformed."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise SwarmKeyError(f"{path}: no swarm key file") from None
-    except OSError as error:
-        raise SwarmKeyError(f"{path}: cannot read the swarm key file: {error.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise SwarmKeyError(f"{path}: is a directory, not a swarm key file")
-    if not stat.S_ISREG(info.st_mode):
-        raise SwarmKeyError(f"{path}: the swarm key file is not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise SwarmKeyError(
-            f"{path}: permissions {mode:04o} are too open; the swarm key must be readable by "
-            f"its owner only (run: chmod 600 {path})"
-        )
-    if info.st_size > MAX_SWARM_KEY_FILE_BYTES:
-        raise SwarmKeyError(
-            f"{path}: {info.st_size} bytes is too large for a swarm key file "
-            f"(at most {MAX_SWARM_KEY_FILE_BYTES})"
-        )
-    try:
-        with path.open("rb") as key_file:
-            data = key_file.read(MAX_SWARM_KEY_FILE_BYTES + 1)
-    except OSError as error:
-        raise SwarmKeyError(f"{path}: cannot read the swarm key file: {error.strerror}") from None
+    data = read_private_file(
+        path,
+        what="swarm key file",
+        secret="swarm key",
+        max_bytes=MAX_SWARM_KEY_FILE_BYTES,
+        missing="no swarm key file",
+        error=SwarmKeyError,
+    )
     return parse_swarm_key(data, source=str(path))
 
 
@@ -216,20 +202,3 @@ def _show(line: bytes) -> str:
     """A header line as it can be printed in one line of an error message."""
     shown = line[:40].decode("ascii", errors="replace")
     return repr(shown + ("..." if len(line) > 40 else ""))
-
-
-def _create_private_file(path: Path, data: bytes, *, exists_message: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise SwarmKeyError(f"{path}: {exists_message}; refusing to overwrite it") from None
-    except OSError as error:
-        raise SwarmKeyError(f"{path}: cannot create the swarm key file: {error.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as key_file:
-            key_file.write(data)
-            key_file.flush()
-            os.fsync(key_file.fileno())
-    except OSError as error:
-        path.unlink(missing_ok=True)
-        raise SwarmKeyError(f"{path}: cannot write the swarm key file: {error.strerror}") from None
