@@ -43,6 +43,29 @@ threat-intel firehose is fixed here, and only here (file:line are for libp2p 0.8
   an outbound RPC over the queue's ``max_message_size`` (counted here as ``dropped_oversized``),
   while local subscribers still get the message. ``publish`` refuses such data up front.
 - StrictSign stays on (``pubsub.py:381``): our messages are signed, unsigned ones dropped.
+- Validators can only say yes or no (``pubsub.py:1754``), and no counts an invalid message
+  (P4) against the forwarder. A sealed batch we cannot open is nobody's fault (we are not among
+  its recipients), so a validator raises ``IgnoreMessage`` instead: the message is dropped, not
+  forwarded, not marked seen, and nobody is penalised (GossipSub v1.1's "ignore" verdict).
+
+TLP gating (DESIGN "Trust and sensitivity"; decision: ``threatmesh.pubsub.gating.Audience``).
+A peer the audience does not allow for a topic must get nothing of it by any path. py-libp2p
+has no per-peer topic filter, so the audience is applied at each place a topic can reach one:
+
+- ``handle_subscription`` (``pubsub.py:1273``): its SUBSCRIBE is withheld, so it never enters
+  ``peer_topics`` — which closes mesh fill, opportunistic grafts, fanout, IHAVE targets, PX and
+  the replay of recent messages. Withheld subscriptions are remembered, so a peer that gains
+  trust later (a vouch, ``trust add``) is taken in without resubscribing.
+- ``handle_graft`` (``gossipsub.py:1841``): its GRAFT is answered with a PRUNE.
+- ``_get_peers_to_send`` (1091): direct, floodsub, mesh and fanout peers are filtered.
+- ``send_rpc`` (2029) and, last, ``write_msg`` (``pubsub.py:1826``), which also carries what
+  bypasses ``send_rpc`` (pending-message flushes 704, recent-message replays 788): messages,
+  IHAVE and GRAFT of a withheld topic are cut out of every RPC before it is queued or written.
+- ``set_audience`` applies a new snapshot at run time: a peer that lost trust is forgotten as a
+  subscriber, removed from mesh and fanout and pruned; a withheld subscription now allowed is
+  taken in.
+Own batches on sealed topics (AMBER and above) go to every subscribed peer the audience allows,
+not only to the mesh: a recipient outside our mesh still gets it first-hand ("direct delivery").
 
 Running it: Pubsub and the router are py-libp2p "services"; ``running_pubsub`` starts both with
 ``background_trio_service`` and waits until the pubsub is ready; ``run_pubsub`` is the same for
@@ -85,6 +108,8 @@ from libp2p.tools.anyio_service import background_trio_service
 # pulls in (trio-typing); its TaskStatus is the same protocol.
 from trio_typing import TaskStatus
 
+from threatmesh.pubsub.gating import OPEN_AUDIENCE, Audience
+
 log = logging.getLogger(__name__)
 
 # Highest first: multistream-select takes the first one both sides speak.
@@ -107,6 +132,10 @@ class GossipError(Exception):
 
 class PublishError(GossipError):
     """A message was not published (too large, or peers' queues stayed full); nothing was sent."""
+
+
+class IgnoreMessage(GossipError):
+    """Raised by a validator: drop the message without penalising anyone (see module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,10 @@ class GossipCounters:
     dropped_announce: int = 0  # our SUBSCRIBE/UNSUBSCRIBE refused by a full queue (retried)
     idontwant_skipped: int = 0  # IDONTWANTs not sent because the peer's queue was busy
     publish_timeouts: int = 0  # publish() calls that raised PublishError after waiting
+    ignored_messages: int = 0  # dropped by a validator's IgnoreMessage (e.g. sealed, not ours)
+    withheld_messages: int = 0  # messages of a topic not sent to a peer not trusted for it
+    withheld_subscriptions: int = 0  # SUBSCRIBEs ignored: the peer is not trusted for the topic
+    withheld_grafts: int = 0  # GRAFTs answered with PRUNE for the same reason
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -198,6 +231,41 @@ def score_params(*, ip_colocation_threshold: int = 10) -> ScoreParams:
         graylist_threshold=-80.0,
         accept_px_threshold=10.0,
     )
+
+
+def withhold(rpc: rpc_pb2.RPC, allowed: Callable[[str], bool]) -> tuple[rpc_pb2.RPC | None, int]:
+    """``rpc`` without the messages, IHAVEs and GRAFTs of topics ``allowed`` refuses.
+
+    Returns ``(rpc, 0)`` itself when nothing is refused (the common case costs no copy), a
+    trimmed copy and the number of messages cut otherwise, and ``(None, n)`` when nothing worth
+    sending is left.
+    """
+    cut_publish = sum(1 for m in rpc.publish if not all(allowed(t) for t in m.topicIDs))
+    control = rpc.control if rpc.HasField("control") else None
+    cut_control = control is not None and (
+        any(not allowed(i.topicID) for i in control.ihave)
+        or any(not allowed(g.topicID) for g in control.graft)
+    )
+    if not cut_publish and not cut_control:
+        return rpc, 0
+    out = rpc_pb2.RPC()
+    out.CopyFrom(rpc)
+    if cut_publish:
+        kept = [m for m in out.publish if all(allowed(t) for t in m.topicIDs)]
+        del out.publish[:]
+        out.publish.extend(kept)
+    if cut_control:
+        ihave = [i for i in out.control.ihave if allowed(i.topicID)]
+        graft = [g for g in out.control.graft if allowed(g.topicID)]
+        del out.control.ihave[:]
+        del out.control.graft[:]
+        out.control.ihave.extend(ihave)
+        out.control.graft.extend(graft)
+        if out.control.ByteSize() == 0:
+            out.ClearField("control")
+    if not out.publish and not out.subscriptions and not out.HasField("control"):
+        return None, cut_publish
+    return out, cut_publish
 
 
 class _ContentAddressedMessageCache(MessageCache):
@@ -256,6 +324,52 @@ class ThreatmeshGossipSub(GossipSub):
         )
         self.settings = settings
         self.counters = counters
+        self.audience: Audience = OPEN_AUDIENCE
+        self._direct_topics: frozenset[str] = frozenset()
+
+    # TLP gating (see the module docstring) ---------------------------------------------------
+
+    def use_audience(self, audience: Audience) -> None:
+        self.audience = audience
+        self._direct_topics = audience.sealed_topics()
+
+    async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
+        if not self.audience.allows(sender_peer_id, graft_msg.topicID):
+            self.counters.withheld_grafts += 1
+            await self.emit_prune(graft_msg.topicID, sender_peer_id, False, False)
+            return
+        await super().handle_graft(graft_msg, sender_peer_id)
+
+    def _get_peers_to_send(
+        self,
+        topic_ids: Iterable[str],
+        msg_forwarder: ID,
+        origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterable[ID]:
+        topics = list(topic_ids)
+        peers = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is not None and origin == pubsub.my_id:
+            for topic in self._direct_topics.intersection(topics):
+                peers.update(pubsub.peer_topics.get(topic, ()))
+            peers.discard(origin)
+        allowed = self.audience.allows_all
+        yield from (peer for peer in peers if allowed(peer, topics))
+
+    def send_rpc(self, peer_id: ID, rpc: rpc_pb2.RPC, priority: bool = False) -> None:
+        kept, cut = withhold(rpc, lambda topic: self.audience.allows(peer_id, topic))
+        self.counters.withheld_messages += cut
+        if kept is not None:
+            super().send_rpc(peer_id, kept, priority)
+
+    async def exclude(self, peer_id: ID, topic: str) -> None:
+        """Take ``peer_id`` out of ``topic``'s mesh and fanout (trust was withdrawn)."""
+        in_mesh = peer_id in self.mesh.get(topic, ())
+        self.mesh.get(topic, set()).discard(peer_id)
+        self.fanout.get(topic, set()).discard(peer_id)
+        if in_mesh:
+            await self.emit_prune(topic, peer_id, False, False)
 
     def attach(self, pubsub: Pubsub) -> None:
         super().attach(pubsub)
@@ -354,6 +468,61 @@ class ThreatmeshPubsub(Pubsub):
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # Subscriptions withheld by the audience, per peer (bounded by the peer's
+        # subscription limit); taken in by set_audience when the peer becomes allowed.
+        self._withheld: dict[ID, set[str]] = {}
+
+    # TLP gating (see the module docstring) ---------------------------------------------------
+
+    @property
+    def audience(self) -> Audience:
+        return self.gossip.audience
+
+    async def set_audience(self, audience: Audience) -> None:
+        """Gate every topic by ``audience`` from now on, for peers already here too."""
+        self.gossip.use_audience(audience)
+        for topic, peers in list(self.peer_topics.items()):
+            for peer in [p for p in peers if not audience.allows(p, topic)]:
+                self._forget_subscription(peer, topic)
+                self._withhold(peer, topic)
+                await self.gossip.exclude(peer, topic)
+        for peer, topics in list(self._withheld.items()):
+            for topic in [t for t in topics if audience.allows(peer, t)]:
+                topics.discard(topic)
+                if peer in self.peers:
+                    super().handle_subscription(
+                        peer, rpc_pb2.RPC.SubOpts(subscribe=True, topicid=topic)
+                    )
+            if not topics:
+                del self._withheld[peer]
+
+    def withheld_subscriptions(self) -> dict[ID, frozenset[str]]:
+        return {peer: frozenset(topics) for peer, topics in self._withheld.items()}
+
+    def _withhold(self, peer: ID, topic: str) -> None:
+        topics = self._withheld.setdefault(peer, set())
+        if len(topics) < self.max_subscriptions_per_peer:
+            topics.add(topic)
+
+    def handle_subscription(self, origin_id: ID, sub_message: rpc_pb2.RPC.SubOpts) -> None:
+        topic = sub_message.topicid
+        if not sub_message.subscribe:
+            self._withheld.get(origin_id, set()).discard(topic)
+        elif not self.audience.allows(origin_id, topic):
+            self.counters.withheld_subscriptions += 1
+            self._withhold(origin_id, topic)
+            return
+        super().handle_subscription(origin_id, sub_message)
+
+    def _handle_dead_peer(self, peer_id: ID) -> None:
+        self._withheld.pop(peer_id, None)
+        super()._handle_dead_peer(peer_id)
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except IgnoreMessage:
+            self.counters.ignored_messages += 1
 
     def counters_snapshot(self) -> dict[str, int]:
         """The drop counters as a plain dict (for the node's status)."""
@@ -366,7 +535,8 @@ class ThreatmeshPubsub(Pubsub):
 
         It runs after the signature check, on our own publishes too (forwarder = our ID). False
         drops the message and counts an invalid message (P4) against the forwarder.
-        It must depend on ``msg.data`` and the topic only: py-libp2p caches the verdict by
+        Raising ``IgnoreMessage`` drops the message without a penalty and without caching a
+        verdict. It must depend on ``msg.data`` and the topic only: py-libp2p caches the verdict by
         message ID alone (``ValidationCache``, ``pubsub.py:1616``), and our IDs hash only the
         data, so a verdict reached for one forwarder or origin is reused for the same payload
         from any other. Per-peer decisions (trust) belong in a per-peer gate, not here.
@@ -477,6 +647,12 @@ class ThreatmeshPubsub(Pubsub):
         # two RPCs over 64 KiB interleave their frames and the receiver fails to decode the
         # stream (DecodeError; the connection's task dies). Measured: a 10,000-indicator
         # burst in 512 KiB batches broke every run without this lock.
+        peer = stream.muxed_conn.peer_id
+        kept, cut = withhold(rpc_msg, lambda topic: self.audience.allows(peer, topic))
+        self.counters.withheld_messages += cut
+        if kept is None:
+            return True  # nothing left to send; False would mark the peer dead
+        rpc_msg = kept
         lock = self._write_locks.get(stream)
         if lock is None:
             lock = self._write_locks[stream] = trio.Lock()
