@@ -17,6 +17,8 @@ Endpoints:
   file in that format; answers ``{"accepted": N, "rejected": [{"line", "reason"}]}``.
 - ``GET /v1/stream?tlp=LEVEL[&tlp=LEVEL...]``: the live stream as JSON lines (one indicator
   record per line, with ``origin``), until the client hangs up.
+- ``POST /v1/vouch``: body ``{"peer_id": ID, "level": "green", "expires_ms": N?}`` signs and
+  announces a vouch, or ``{"peer_id": ID, "revoke": true}`` a revocation; answers the statement.
 - ``GET /v1/events``: membership events as JSON lines (``{"event": "joined"|"left"|
   "addresses_changed"|"dropped", "peer_id", ...}``), until the client hangs up.
 """
@@ -44,6 +46,7 @@ from starlette.routing import Route
 from trio_typing import TaskStatus
 
 MAX_PUBLISH_BODY_BYTES = 64 * 1024 * 1024
+MAX_JSON_BODY_BYTES = 64 * 1024
 
 
 class ApiBackend(Protocol):
@@ -58,6 +61,8 @@ class ApiBackend(Protocol):
     def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]: ...
 
     def event_records(self) -> AsyncIterator[Mapping[str, Any]]: ...
+
+    async def vouch_request(self, body: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
 
 class BadRequest(Exception):
@@ -109,6 +114,21 @@ def build_api(backend: ApiBackend, token: str) -> Starlette:
             return JSONResponse({"error": str(error)}, status_code=503)
         return JSONResponse(dict(result))
 
+    async def post_vouch(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_JSON_BODY_BYTES:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                raise BadRequest("expected a JSON object")
+            result = await backend.vouch_request(document)
+        except ValueError:
+            return JSONResponse({"error": "the body is not a JSON object"}, status_code=400)
+        except BadRequest as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        return JSONResponse(dict(result))
+
     async def get_stream(request: Request) -> Response:
         tlp_names = request.query_params.getlist("tlp")
         try:
@@ -129,6 +149,7 @@ def build_api(backend: ApiBackend, token: str) -> Starlette:
             Route("/v1/publish", post_publish, methods=["POST"]),
             Route("/v1/stream", get_stream, methods=["GET"]),
             Route("/v1/events", get_events, methods=["GET"]),
+            Route("/v1/vouch", post_vouch, methods=["POST"]),
         ],
         middleware=[Middleware(_BearerTokenMiddleware, token=token)],
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import sys
 import time
@@ -21,7 +22,15 @@ from typing import Annotated, Any
 import trio
 import typer
 
-from threatmesh.identity import IdentityError, KeyType
+from threatmesh.identity import (
+    IdentityError,
+    KeyType,
+    TrustEntry,
+    TrustError,
+    TrustStore,
+    level_name,
+)
+from threatmesh.identity.trust import MAX_TIME_MS
 from threatmesh.node.client import ApiClient, get_json
 from threatmesh.node.config import NodeConfig, load_config
 from threatmesh.node.errors import ApiError, ConfigError, HomeError, NodeError
@@ -30,7 +39,7 @@ from threatmesh.node.logs import configure_logging, get_logger
 from threatmesh.node.records import CSV_FIELDS, query_filters, stored_record
 from threatmesh.node.store import Store
 from threatmesh.pubsub.formats import FORMATS, to_stix_bundle
-from threatmesh.pubsub.indicators import IndicatorError, parse_tlp
+from threatmesh.pubsub.indicators import IndicatorError, iso_time, parse_tlp
 from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import check_settings
 from threatmesh.transports.swarm_key import generate_swarm_key, write_swarm_key
@@ -289,6 +298,114 @@ def _csv_row(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+trust_app = typer.Typer(
+    help="Edit whom this node trusts (<home>/trust.json); a running node picks changes up.",
+    no_args_is_help=True,
+)
+app.add_typer(trust_app, name="trust")
+
+# --expires: a number and a unit.
+_DURATION = re.compile(r"(\d{1,9})([smhdw])")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+
+
+@trust_app.command("add")
+def trust_add(
+    peer_id: Annotated[str, typer.Argument(help="The peer to trust (its peer ID).")],
+    level: Annotated[
+        str,
+        typer.Argument(help="Highest TLP level it may receive: green, amber, amber+strict, red."),
+    ],
+    home: HomeOption = None,
+    note: Annotated[str, typer.Option("--note", help="Who this is, for humans.")] = "",
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Trust for this long only: 30d, 12h, 90m, 2w, 3600s."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Trust a peer up to a TLP level (replaces its entry if it has one)."""
+    try:
+        tlp = parse_tlp(level)
+    except IndicatorError as error:
+        raise UsageProblem(f"LEVEL: {error.problem}") from None
+    now_ms = _now_ms()
+    expires_ms = None if expires is None else now_ms + _duration_ms(expires)
+    if expires_ms is not None and expires_ms > MAX_TIME_MS:
+        raise UsageProblem(f"--expires: {expires} is past the year 9999")
+    node_home = _home(home)
+    node_home.require()
+    entry = TrustStore(node_home.trust_file).add(
+        peer_id.strip(), tlp, note, expires_ms, now_ms=now_ms
+    )
+    if as_json:
+        _print_json(_trust_record(entry))
+        return
+    until = "" if entry.expires_ms is None else f" until {iso_time(entry.expires_ms)}"
+    typer.echo(f"trusted {entry.peer_id} at {level_name(entry.level)}{until}")
+
+
+@trust_app.command("remove")
+def trust_remove(
+    peer_id: Annotated[str, typer.Argument(help="The peer to trust no more.")],
+    home: HomeOption = None,
+) -> None:
+    """Take a peer's explicit trust away (vouches may still make it GREEN)."""
+    node_home = _home(home)
+    node_home.require()
+    if not TrustStore(node_home.trust_file).remove(peer_id.strip()):
+        raise UsageProblem(f"{peer_id.strip()}: not in {node_home.trust_file}")
+    typer.echo(f"removed {peer_id.strip()}")
+
+
+@trust_app.command("list")
+def trust_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """List the trusted peers, expired entries included (marked)."""
+    node_home = _home(home)
+    node_home.require()
+    entries = TrustStore(node_home.trust_file).load().entries
+    if as_json:
+        _print_json({"trust": [_trust_record(entry) for entry in entries]})
+        return
+    if not entries:
+        typer.echo(f"{node_home.trust_file}: no trusted peers", err=True)
+        return
+    now_ms = _now_ms()
+    rows = [("PEER ID", "LEVEL", "SINCE", "EXPIRES", "NOTE")]
+    for entry in entries:
+        record = _trust_record(entry)
+        expiry = record["expires"] or "never"
+        if not entry.is_live(now_ms):
+            expiry += " (expired)"
+        rows.append((entry.peer_id, record["level"], record["since"] or "-", expiry, entry.note))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        typer.echo("  ".join([*cells, row[4]]).rstrip())
+
+
+def _trust_record(entry: TrustEntry) -> dict[str, Any]:
+    """An entry as ``trust list --json`` shows it; since is null when the file has no time."""
+    return {
+        "peer_id": entry.peer_id,
+        "level": level_name(entry.level),
+        "note": entry.note,
+        "since": iso_time(entry.since_ms) if entry.since_ms else None,
+        "expires": None if entry.expires_ms is None else iso_time(entry.expires_ms),
+    }
+
+
+def _duration_ms(text: str) -> int:
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None or int(match.group(1)) == 0:
+        raise UsageProblem(f"--expires: expected a duration like 30d, 12h or 90m, got {text!r}")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 @app.command()
 def demo(
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes to start.", min=2, max=30)] = 5,
@@ -415,6 +532,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     HomeError,
     IdentityError,
+    TrustError,
     TransportError,
 )
 

@@ -36,6 +36,10 @@ class ApiClient:
         )
         return self._check(response).json()
 
+    def post_json(self, path: str, document: Mapping[str, Any]) -> Any:
+        response = self._request("POST", path, json=dict(document), timeout=API_TIMEOUT_S)
+        return self._check(response).json()
+
     def stream_json_lines(
         self, path: str, params: list[tuple[str, str | int | float | bool | None]]
     ) -> Iterator[Any]:

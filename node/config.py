@@ -61,6 +61,8 @@ class NodeConfig:
     high_watermark: int = 96
     rendezvous_interval_s: float = 60.0
     random_walk_interval_s: float = 60.0
+    announce_interval_s: float = 10.0
+    green_vouches_required: int = 2
 
     def listen_addrs(self) -> tuple[str, ...]:
         if self.listen is not None:
@@ -170,6 +172,8 @@ CONFIG_KEYS: Mapping[str, _Key] = {
     "high_watermark": _Key(int, _at_least(1), "connections above which it prunes"),
     "rendezvous_interval_s": _Key(float, _at_least(1), "DHT rendezvous interval"),
     "random_walk_interval_s": _Key(float, _at_least(1), "DHT random walk interval"),
+    "announce_interval_s": _Key(float, _at_least(0.1), "control-topic announce interval"),
+    "green_vouches_required": _Key(int, _at_least(1), "vouches that earn a peer GREEN"),
 }
 
 _TYPE_NAMES = {

@@ -7,6 +7,10 @@
 - ``api.token``     the local API's bearer token (0600)
 - ``api.addr``      the running node's API URL; written at start, removed at a clean stop
 - ``store.sqlite3`` the indicators this node saw (SQLite, WAL; see threatmesh.node.store)
+- ``trust.json``    whom this node trusts, up to which TLP level (0600; see
+  threatmesh.identity.trust); edited by ``threatmesh trust``, polled by the running node
+- ``vouches.json``  the vouches and revocations this node issued (0600; see
+  threatmesh.identity.vouches)
 
 The home directory itself is created 0700. Secrets are created with their final mode, never
 widened after the fact.
@@ -19,7 +23,15 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from threatmesh.identity import KEY_FILE_NAME, Identity, KeyType, load_key_file, load_or_create
+from threatmesh.identity import (
+    KEY_FILE_NAME,
+    TRUST_FILE_NAME,
+    VOUCHES_FILE_NAME,
+    Identity,
+    KeyType,
+    load_key_file,
+    load_or_create,
+)
 from threatmesh.identity.private_files import create_private_file, read_private_file
 from threatmesh.node.config import CONFIG_FILE_NAME, default_config_text
 from threatmesh.node.errors import HomeError
@@ -59,6 +71,14 @@ class Home:
     @property
     def api_addr_file(self) -> Path:
         return self.path / API_ADDR_FILE_NAME
+
+    @property
+    def trust_file(self) -> Path:
+        return self.path / TRUST_FILE_NAME
+
+    @property
+    def vouches_file(self) -> Path:
+        return self.path / VOUCHES_FILE_NAME
 
     def exists(self) -> bool:
         return self.path.is_dir()

@@ -30,7 +30,7 @@ from multiaddr.utils import get_network_addrs
 from trio_typing import TaskStatus
 
 from threatmesh.discovery import Discovery, DiscoverySettings, MembershipEvent
-from threatmesh.identity import Identity
+from threatmesh.identity import Identity, OwnVouches, TrustStore
 from threatmesh.node.api import BadRequest, ServiceUnavailable, build_api, serve_api
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.errors import NodeError
@@ -38,8 +38,9 @@ from threatmesh.node.home import Home
 from threatmesh.node.logs import get_logger
 from threatmesh.node.policy import expand_unspecified, status_report
 from threatmesh.node.records import event_record, received_record
+from threatmesh.node.sharing import Sharing, SharingError
 from threatmesh.node.store import Store
-from threatmesh.node.stream import IndicatorStream, Received, StreamError
+from threatmesh.node.stream import IndicatorStream, Received, Sealing, StreamError
 from threatmesh.pubsub.batching import BatchLimits
 from threatmesh.pubsub.formats import FORMATS, parse_indicators
 from threatmesh.pubsub.indicators import (
@@ -51,9 +52,11 @@ from threatmesh.pubsub.indicators import (
 from threatmesh.pubsub.libp2p_gossipsub import GossipSettings, build_pubsub, run_pubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.transports.addrs import parse_listen_addr
+from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import (
     HostSettings,
     build_host,
+    connect,
     connected_peers,
     running,
 )
@@ -115,12 +118,22 @@ class Node:
         self.host: IHost = build_host(self.identity, self.settings)
         self.store = Store.open(home.store_file)
         self.pubsub = build_pubsub(self.host, GossipSettings())
+        self.sharing = Sharing(
+            identity=self.identity,
+            pubsub=self.pubsub,
+            swarm=config.swarm,
+            trust_store=TrustStore(home.trust_file),
+            own_vouches=OwnVouches(home.vouches_file, self.identity),
+            green_vouches_required=config.green_vouches_required,
+            announce_interval_s=config.announce_interval_s,
+        )
         self.stream = IndicatorStream(
             pubsub=self.pubsub,
             store=self.store,
             swarm=config.swarm,
             our_peer_id=self.identity.peer_id.to_base58(),
             limits=BatchLimits(),
+            sealing=Sealing(self.identity, self.sharing.recipients),
         )
         self.discovery = Discovery(
             self.host,
@@ -167,8 +180,10 @@ class Node:
                 trio.open_nursery() as services,
             ):
                 await services.start(run_pubsub, self.pubsub)
+                await services.start(self.sharing.run)
                 await services.start(self.stream.run)
                 await services.start(self.discovery.run)
+                services.start_soon(self.keep_trusted_peers_connected)
                 self.api_url = await services.start(self.serve_api)
                 services.start_soon(self.sweep_expired_indicators)
                 self._started_at = trio.current_time()
@@ -202,6 +217,30 @@ class Node:
                     break
             if swept:
                 log.info("expired indicators removed", count=swept)
+
+    async def keep_trusted_peers_connected(self) -> None:
+        """Stay connected to the peers we seal for (AMBER and above), every announce interval.
+
+        Sealed batches go straight to every trusted peer we are connected to (direct
+        delivery), so a recipient we are not connected to would depend on relays that may
+        not be trusted with it. Such peers are looked up (DHT), dialled, and never pruned.
+        """
+        while True:
+            connected = set(connected_peers(self.host))
+            for peer_id in self.sharing.recipients(pb.TLP_AMBER):
+                self.discovery.protect(peer_id)
+                if peer_id in connected:
+                    continue
+                with trio.move_on_after(self.config.dial_timeout_s):
+                    info = await self.discovery.find_peer(peer_id)
+                    if info is not None and info.addrs:
+                        try:
+                            await connect(self.host, info, timeout_s=self.config.dial_timeout_s)
+                        except TransportError as error:  # retried next round
+                            log.info(
+                                "trusted peer not reachable", peer=str(peer_id), error=str(error)
+                            )
+            await trio.sleep(self.config.announce_interval_s)
 
     # Python API -------------------------------------------------------------------------
 
@@ -306,6 +345,27 @@ class Node:
             ],
         }
 
+    async def vouch_request(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        unknown = set(body) - {"peer_id", "level", "expires_ms", "revoke"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
+        peer_id, revoke = body.get("peer_id"), body.get("revoke", False)
+        if not isinstance(peer_id, str) or not isinstance(revoke, bool):
+            raise BadRequest("peer_id must be a peer ID string and revoke true or false")
+        try:
+            if revoke:
+                return await self.sharing.revoke(peer_id)
+            level, expires_ms = body.get("level", "green"), body.get("expires_ms")
+            if not isinstance(level, str):
+                raise BadRequest("level must be a TLP level name")
+            if expires_ms is not None and (
+                not isinstance(expires_ms, int) or isinstance(expires_ms, bool)
+            ):
+                raise BadRequest("expires_ms must be an integer (epoch milliseconds)")
+            return await self.sharing.vouch(peer_id, parse_tlp(level), expires_ms)
+        except (SharingError, IndicatorError) as error:
+            raise BadRequest(str(error)) from None
+
     def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]:
         try:
             levels = [parse_tlp(name) for name in tlp_names]
@@ -356,6 +416,7 @@ class Node:
         }
         report["pubsub"] = dict(self.pubsub.counters_snapshot())
         report["discovery"] = dict(self.discovery.status())
+        report["sharing"] = dict(self.sharing.status())
         return report
 
 

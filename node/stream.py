@@ -13,6 +13,11 @@ topic validator before they were forwarded), stores each batch under its origin 
 number, and gives the new ones to local subscribers. A batch seen before (the same origin and
 sequence, e.g. our own publish coming back) is not given out twice.
 
+Sealing: at AMBER, AMBER+STRICT and RED the payload is a ``SealedBatch`` (``pubsub/seal.py``)
+wrapped for the recipients ``Sealing.recipients(tlp)`` names; receivers open it with their own
+key. A sealed batch this node cannot open (it is not a recipient) is ignored: not stored, not
+forwarded, and nobody is penalised for relaying it (``IgnoreMessage``).
+
 Local subscribers get a bounded buffer each; a subscriber that falls behind loses indicators
 one by one, counted in its ``dropped`` and in the node's status, and never slows the node.
 """
@@ -30,12 +35,14 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from trio_typing import TaskStatus
 
+from threatmesh.identity import Identity
 from threatmesh.node.logs import get_logger
 from threatmesh.node.store import AddResult, Store
 from threatmesh.pubsub.batching import Batcher, BatchLimits
 from threatmesh.pubsub.indicators import IndicatorError, validate_batch
-from threatmesh.pubsub.libp2p_gossipsub import PublishError, ThreatmeshPubsub
+from threatmesh.pubsub.libp2p_gossipsub import IgnoreMessage, PublishError, ThreatmeshPubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
+from threatmesh.pubsub.seal import SEALED_LEVELS, NotForUs, SealError, open_sealed, seal
 from threatmesh.pubsub.topics import TLP_LEVELS, tlp_topic
 
 log = get_logger("threatmesh.stream")
@@ -60,7 +67,42 @@ class StreamCounters:
     received_batches: int = 0
     duplicate_batches: int = 0
     invalid_batches: int = 0
+    sealed_not_for_us: int = 0
     dropped_local: int = 0
+
+
+@dataclass(frozen=True)
+class Sealing:
+    """How this node seals its batches at AMBER and above, and opens others'."""
+
+    identity: Identity
+    recipients: Callable[[int], Sequence[ID]]
+
+    def seal(self, batch: pb.Batch) -> bytes:
+        sealed = seal(
+            batch.SerializeToString(),
+            tlp=batch.tlp,
+            origin=self.identity.peer_id,
+            recipients=self.recipients(batch.tlp),
+        )
+        return sealed.SerializeToString()
+
+    def open(self, message: rpc_pb2.Message, tlp: int) -> pb.Batch:
+        """The batch inside a sealed message of ``tlp``'s topic.
+
+        Raises DecodeError or IndicatorError for a malformed one (the origin's fault: it
+        signed it), SealError (NotForUs included) for one this node cannot open.
+        """
+        sealed = pb.SealedBatch.FromString(message.data)
+        if sealed.tlp != tlp:
+            raise IndicatorError("tlp", f"the sealed batch says {sealed.tlp}, the topic {tlp}")
+        inner = open_sealed(
+            sealed,
+            origin=ID(message.from_id),
+            me=self.identity.peer_id,
+            private_key=self.identity.key_pair.private_key,
+        )
+        return pb.Batch.FromString(inner)
 
 
 @dataclass
@@ -118,12 +160,14 @@ class IndicatorStream:
         swarm: str,
         our_peer_id: str,
         limits: BatchLimits,
+        sealing: Sealing,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self._pubsub = pubsub
         self._store = store
         self._swarm = swarm
         self._our_peer_id = our_peer_id
+        self._sealing = sealing
         self._wall_ms = wall_ms
         # Continue after the highest sequence number we ever stored, gaps or not: a reused
         # number would be dropped as a duplicate by every receiver.
@@ -223,15 +267,27 @@ class IndicatorStream:
         try:
             await self._pubsub.publish(
                 tlp_topic(self._swarm, batch.tlp),
-                batch.SerializeToString(),
+                await self._payload(batch),
                 timeout_s=PUBLISH_TIMEOUT_S,
             )
-        except PublishError as error:
+        except (PublishError, SealError) as error:
             log.warning("batch stored but not forwarded", seq=batch.seq, error=str(error))
             return f"stored locally but not forwarded to peers: {error}"
         self.counters.published_batches += 1
         self.counters.published_indicators += len(batch.indicators)
         return None
+
+    async def _payload(self, batch: pb.Batch) -> bytes:
+        if batch.tlp not in SEALED_LEVELS:
+            return batch.SerializeToString()
+        # Sealing costs ~60-110 µs per recipient (pubsub/seal.py): many recipients would
+        # stall the event loop, so seal in a worker thread.
+        return await trio.to_thread.run_sync(self._sealing.seal, batch)
+
+    def _batch_of(self, message: rpc_pb2.Message, tlp: int) -> pb.Batch:
+        if tlp in SEALED_LEVELS:
+            return self._sealing.open(message, tlp)
+        return pb.Batch.FromString(message.data)
 
     def _finish(self, tlp: int, error: str | None) -> None:
         for request in self._waiting.pop(tlp, []):
@@ -244,7 +300,7 @@ class IndicatorStream:
             origin = _peer_id_text(message.from_id)
             if origin == self._our_peer_id:
                 continue  # our own batches were stored and handed out when we published
-            batch = pb.Batch.FromString(message.data)
+            batch = self._batch_of(message, tlp)
             result = await trio.to_thread.run_sync(self._store_received, origin, batch)
             if result.duplicate:
                 self.counters.duplicate_batches += 1
@@ -276,9 +332,14 @@ class IndicatorStream:
                 # were validated when they were published (Node.publish), so skip the repeat.
                 return True
             try:
-                batch = pb.Batch.FromString(message.data)
+                batch = self._batch_of(message, tlp)
                 validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
-            except (IndicatorError, DecodeError) as error:
+            except NotForUs as error:
+                # We are not among its recipients: nobody's fault, and not ours to forward.
+                self.counters.sealed_not_for_us += 1
+                raise IgnoreMessage(str(error)) from None
+            except (IndicatorError, DecodeError, SealError) as error:
+                # Malformed or unopenable although addressed to us: the origin signed it.
                 self.counters.invalid_batches += 1
                 log.info("rejected a batch", forwarder=str(forwarder), reason=str(error))
                 return False

@@ -24,11 +24,8 @@ from dataclasses import dataclass, field
 from libp2p.peer.id import ID
 
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
-from threatmesh.pubsub.topics import TLP_LEVELS, all_tlp_topics, control_topic
-
-# The levels at which batches travel sealed (``threatmesh.pubsub.seal``): everything above GREEN.
-SEALED_LEVELS = frozenset({pb.TLP_AMBER, pb.TLP_AMBER_STRICT, pb.TLP_RED})
-LEVEL_NAMES = dict(TLP_LEVELS)
+from threatmesh.pubsub.seal import SEALED_LEVELS
+from threatmesh.pubsub.topics import all_tlp_topics, control_topic
 
 
 def may_receive(peer_level: int, topic_level: int) -> bool:
@@ -65,8 +62,12 @@ class Audience:
         return all(self.allows(peer, topic) for topic in topics)
 
     def sealed_topics(self) -> frozenset[str]:
-        """Our topics whose batches travel sealed (delivered directly to every trusted peer)."""
+        """Our topics whose batches travel sealed (``threatmesh.pubsub.seal``)."""
         return frozenset(t for t, level in self.topic_levels.items() if level in SEALED_LEVELS)
+
+    def gated_topics(self) -> frozenset[str]:
+        """Our topics not everyone may read (GREEN and above)."""
+        return frozenset(t for t, level in self.topic_levels.items() if level > pb.TLP_CLEAR)
 
 
 OPEN_AUDIENCE = Audience()

@@ -64,8 +64,12 @@ has no per-peer topic filter, so the audience is applied at each place a topic c
 - ``set_audience`` applies a new snapshot at run time: a peer that lost trust is forgotten as a
   subscriber, removed from mesh and fanout and pruned; a withheld subscription now allowed is
   taken in.
-Own batches on sealed topics (AMBER and above) go to every subscribed peer the audience allows,
-not only to the mesh: a recipient outside our mesh still gets it first-hand ("direct delivery").
+Messages on gated topics (GREEN and above), ours and forwarded, go to every subscribed peer
+the audience allows, not only to the mesh (flood publishing, for these topics only). Trust
+changes at run time — a vouch arrives, ``trust add`` — and a peer that was pruned while it was
+not trusted stays out of the mesh for a backoff; with the mesh alone it would miss what is sent
+meanwhile. Audiences there are small by nature (peers trusted one by one), and duplicates are
+dropped by the seen cache. CLEAR, the firehose everyone reads, keeps the mesh.
 
 Running it: Pubsub and the router are py-libp2p "services"; ``running_pubsub`` starts both with
 ``background_trio_service`` and waits until the pubsub is ready; ``run_pubsub`` is the same for
@@ -118,6 +122,9 @@ PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_I
 # What an RPC adds around our payload: signature and public key (up to ~1.1 KiB for RSA-4096),
 # origin ID, seqno, topic, the signed peer record py-libp2p attaches to every RPC (~0.5 KiB).
 RPC_ENVELOPE_ALLOWANCE_BYTES = 4 * 1024
+
+# The backoff of a PRUNE sent because the peer is not trusted for the topic (see _gate_prune).
+GATED_PRUNE_BACKOFF_S = 10
 
 # How long a waiting publisher sleeps before looking at the queues again when no write woke it
 # (a peer that disconnects drops its queue without writing).
@@ -301,7 +308,8 @@ class _SizedQueues(dict[ID, RpcQueue]):
 
 
 class ThreatmeshGossipSub(GossipSub):
-    """GossipSub with our parameters, ID-aware mcache, IP tracking, IDONTWANT policy, counters."""
+    """GossipSub with our parameters, ID-aware mcache, IP tracking, IDONTWANT policy, counters,
+    and TLP gating."""
 
     def __init__(self, settings: GossipSettings, counters: GossipCounters) -> None:
         super().__init__(
@@ -331,14 +339,30 @@ class ThreatmeshGossipSub(GossipSub):
 
     def use_audience(self, audience: Audience) -> None:
         self.audience = audience
-        self._direct_topics = audience.sealed_topics()
+        self._direct_topics = audience.gated_topics()
 
     async def handle_graft(self, graft_msg: rpc_pb2.ControlGraft, sender_peer_id: ID) -> None:
         if not self.audience.allows(sender_peer_id, graft_msg.topicID):
             self.counters.withheld_grafts += 1
-            await self.emit_prune(graft_msg.topicID, sender_peer_id, False, False)
+            await self._gate_prune(graft_msg.topicID, sender_peer_id)
             return
         await super().handle_graft(graft_msg, sender_peer_id)
+
+    async def _gate_prune(self, topic: str, peer_id: ID) -> None:
+        """PRUNE ``peer_id`` from ``topic`` because of trust, with a short backoff both ways.
+
+        Both sides must keep the backoff a PRUNE carries: upstream penalises a GRAFT from a
+        peer that pruned us less than 10 s before (``handle_prune`` 1917, GRAFT-flood check
+        516), so we record it for ourselves too, and never re-graft a peer we just turned
+        away. It is short (``GATED_PRUNE_BACKOFF_S``, not ``prune_backoff_s``) so that a peer
+        trusted a moment later joins the mesh soon after; until then it is a subscriber that
+        gets IHAVE gossip (and direct delivery of our sealed batches).
+        """
+        # Upstream stores backoffs as int(time.time()) + seconds (gossipsub.py:1629), so ours
+        # could end up to a second early and our GRAFT land inside the peer's 10 s window.
+        self._add_back_off(peer_id, topic, False, GATED_PRUNE_BACKOFF_S + 2)
+        prune = rpc_pb2.ControlPrune(topicID=topic, backoff=GATED_PRUNE_BACKOFF_S)
+        await self.emit_control_message(rpc_pb2.ControlMessage(prune=[prune]), peer_id)
 
     def _get_peers_to_send(
         self,
@@ -350,10 +374,12 @@ class ThreatmeshGossipSub(GossipSub):
         topics = list(topic_ids)
         peers = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
         pubsub = self.pubsub
-        if pubsub is not None and origin == pubsub.my_id:
+        if pubsub is not None:
             for topic in self._direct_topics.intersection(topics):
                 peers.update(pubsub.peer_topics.get(topic, ()))
-            peers.discard(origin)
+            peers.difference_update((msg_forwarder, origin))
+            if msg_id is not None:
+                peers = {p for p in peers if msg_id not in self.dont_send_message_ids.get(p, ())}
         allowed = self.audience.allows_all
         yield from (peer for peer in peers if allowed(peer, topics))
 
@@ -369,7 +395,7 @@ class ThreatmeshGossipSub(GossipSub):
         self.mesh.get(topic, set()).discard(peer_id)
         self.fanout.get(topic, set()).discard(peer_id)
         if in_mesh:
-            await self.emit_prune(topic, peer_id, False, False)
+            await self._gate_prune(topic, peer_id)
 
     def attach(self, pubsub: Pubsub) -> None:
         super().attach(pubsub)

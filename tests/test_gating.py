@@ -55,6 +55,7 @@ def test_audience_defaults_unknown_peers_to_clear_and_itself_to_red() -> None:
     assert audience.sealed_topics() == {
         tlp_topic(SWARM, level) for level in (pb.TLP_AMBER, pb.TLP_AMBER_STRICT, pb.TLP_RED)
     }
+    assert audience.gated_topics() == audience.sealed_topics() | {tlp_topic(SWARM, pb.TLP_GREEN)}
 
 
 def test_withhold_cuts_messages_ihave_and_graft_of_refused_topics_only() -> None:
@@ -164,7 +165,7 @@ async def test_trust_granted_and_withdrawn_at_run_time(net: Net) -> None:
     assert c_secret.receive_channel.statistics().current_buffer_used == 0  # type: ignore[attr-defined]
 
 
-async def test_own_sealed_level_messages_go_to_every_trusted_subscriber_not_only_the_mesh(
+async def test_gated_messages_go_to_every_trusted_subscriber_not_only_the_mesh(
     net: Net,
 ) -> None:
     one = GossipSettings(degree=1, degree_low=1, degree_high=1)
@@ -182,8 +183,8 @@ async def test_own_sealed_level_messages_go_to_every_trusted_subscriber_not_only
     await wait_until(lambda: len(a.router.mesh[PUBLIC]) == 1, timeout_s=5)
     assert set(a.router._get_peers_to_send([SECRET], a.id, a.id)) == {b1.id, b2.id}
     assert set(a.router._get_peers_to_send([PUBLIC], a.id, a.id)) == a.router.mesh[PUBLIC]
-    # Forwarded (not our own) messages follow the mesh as usual.
-    assert set(a.router._get_peers_to_send([SECRET], b1.id, b1.id)) <= a.router.mesh[SECRET]
+    # Forwarded messages too, except back to where they came from.
+    assert set(a.router._get_peers_to_send([SECRET], b1.id, b1.id)) == {b2.id}
 
 
 async def test_a_validator_can_ignore_a_message_without_penalising_the_forwarder(

@@ -126,6 +126,14 @@ def test_publish_tail_query_through_the_cli(tmp_path: Path, processes: list[Node
     b = NodeProcess.start(tmp_path / "b", *LOOPBACK, "--bootstrap", a.stdout_lines[0])
     processes.append(b)
     assert b.wait_for_peers(1)
+    # GREEN goes only to peers a trusts at GREEN: trust b through the CLI, live.
+    b_id = b.stdout_lines[0].rsplit("/p2p/", 1)[1]
+    trusted = run_cli("trust", "add", b_id, "green", "--home", str(tmp_path / "a"))
+    assert trusted.returncode == 0, trusted.stderr
+    deadline = time.monotonic() + 10
+    while a.status()["sharing"]["effective_levels"].get(b_id) != 2:  # TLP_GREEN
+        assert time.monotonic() < deadline, "a did not pick up the trust file"
+        time.sleep(0.05)
     tail = subprocess.Popen(
         [
             sys.executable,

@@ -75,6 +75,14 @@ FIELD_NUMBERS: tuple[tuple[str, str, int, str], ...] = (
     ("Control", "vouch", 11, "Vouch"),
     ("Control", "revocation", 12, "Revocation"),
     ("Control", "sighting", 13, "Sighting"),
+    ("SealedBatch", "tlp", 1, "Tlp"),
+    ("SealedBatch", "nonce", 2, "bytes"),
+    ("SealedBatch", "ciphertext", 3, "bytes"),
+    ("SealedBatch", "ephemeral_secp256k1", 4, "bytes"),
+    ("SealedBatch", "ephemeral_x25519", 5, "bytes"),
+    ("SealedBatch", "keys", 6, "repeated WrappedKey"),
+    ("WrappedKey", "key_id", 1, "bytes"),
+    ("WrappedKey", "wrapped", 2, "bytes"),
 )
 
 ENUM_NUMBERS: tuple[tuple[str, str, int], ...] = (

@@ -353,3 +353,105 @@ class Control(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Control: _TypeAlias = Control  # noqa: Y015
+
+@_typing.final
+class SealedBatch(_message.Message):
+    """The payload of every message on an AMBER, AMBER+STRICT or RED topic: a Batch, encrypted to
+    the recipients the publisher trusts at that level (pubsub/seal.py implements it; version 1).
+
+    Notation: || is concatenation; u8(x) is one byte; peer IDs are their binary multihash bytes.
+    The origin is the peer that signed the pubsub message (StrictSign). Recipients' public keys
+    come from their peer IDs (identity multihash of a libp2p PublicKey protobuf), so only
+    secp256k1 and ed25519 peers can be recipients; a SHA-256 peer ID (RSA) cannot.
+
+    Sealing, with a fresh random 32-byte content key K and 12-byte nonce N:
+    1. ciphertext = ChaCha20-Poly1305 (RFC 8439) of the Batch bytes under K and N, with
+       aad = "threatmesh/seal/v1/batch" || u8(tlp) || origin peer ID.
+    2. If any recipient is secp256k1: one ephemeral secp256k1 key e, ephemeral_secp256k1 = e's
+       33-byte compressed point. If any is ed25519: one ephemeral X25519 key x,
+       ephemeral_x25519 = x's 32-byte public key. Both are fresh per batch and then discarded.
+    3. Per recipient R (each peer ID once):
+       shared secret S: secp256k1: the 32-byte x-coordinate of e * R_pub (SEC 1 ECDH).
+                        ed25519: X25519(x, R_pub converted to Montgomery form, RFC 7748
+                        u = (1 + y) / (1 - y), as libsodium's crypto_sign_ed25519_pk_to_curve25519);
+                        an all-zero result is an error.
+       KEK = HKDF-SHA256 (RFC 5869), no salt, length 32, ikm = S,
+             info = label || ephemeral public key (33 or 32 bytes) || R's peer ID, where label is
+             "threatmesh/seal/v1/kek/secp256k1" or "threatmesh/seal/v1/kek/x25519".
+       keys += WrappedKey { key_id = SHA-256(R's peer ID)[0:8],
+                            wrapped = ChaCha20-Poly1305(KEK, 12 zero bytes, K, aad empty) }
+       (a KEK encrypts exactly one message, so the fixed nonce is never reused under a key).
+       Slots are sorted by key_id, so their order says nothing of the caller's.
+    Opening, as recipient M with private key m: check tlp against the topic, check every size;
+    for each slot whose key_id = SHA-256(M's peer ID)[0:8], derive the KEK the same way (an
+    ed25519 key's X25519 secret is libsodium's crypto_sign_ed25519_sk_to_curve25519) and try to
+    unwrap K; with K, decrypt and authenticate the ciphertext.
+    Zero recipients is valid: a batch nobody can open. key_ids let anyone who can guess a
+    recipient's peer ID learn that it is one; they hide nothing from such an observer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TLP_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_SECP256K1_FIELD_NUMBER: _builtins.int
+    EPHEMERAL_X25519_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    tlp: Global___Tlp.ValueType
+    """must equal the topic's level (checked before decrypting); also in the aad"""
+    nonce: _builtins.bytes
+    """12 bytes"""
+    ciphertext: _builtins.bytes
+    """ChaCha20-Poly1305(content key, nonce, Batch bytes, aad), tag last"""
+    ephemeral_secp256k1: _builtins.bytes
+    """33 bytes (compressed); present iff a recipient is secp256k1"""
+    ephemeral_x25519: _builtins.bytes
+    """32 bytes; present iff a recipient is ed25519"""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___WrappedKey]:
+        """one per recipient, at most 1024"""
+
+    def __init__(
+        self,
+        *,
+        tlp: Global___Tlp.ValueType = ...,
+        nonce: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+        ephemeral_secp256k1: _builtins.bytes = ...,
+        ephemeral_x25519: _builtins.bytes = ...,
+        keys: _abc.Iterable[Global___WrappedKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "ephemeral_secp256k1", b"ephemeral_secp256k1", "ephemeral_x25519", b"ephemeral_x25519", "keys", b"keys", "nonce", b"nonce", "tlp", b"tlp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedBatch: _TypeAlias = SealedBatch  # noqa: Y015
+
+@_typing.final
+class WrappedKey(_message.Message):
+    """The content key of one SealedBatch, encrypted for one recipient."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    WRAPPED_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.bytes
+    """8 bytes: SHA-256(recipient peer ID)[0:8]"""
+    wrapped: _builtins.bytes
+    """48 bytes: ChaCha20-Poly1305(KEK, 12 zero bytes, content key, no aad)"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.bytes = ...,
+        wrapped: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "wrapped", b"wrapped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WrappedKey: _TypeAlias = WrappedKey  # noqa: Y015
