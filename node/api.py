@@ -17,7 +17,7 @@ Endpoints:
   file in that format; answers ``{"accepted": N, "rejected": [{"line", "reason"}]}``.
 - ``GET /v1/stream?tlp=LEVEL[&tlp=LEVEL...]``: the live stream as JSON lines (one indicator
   record per line, with ``origin``), until the client hangs up.
-- ``POST /v1/vouch``: body ``{"peer_id": ID, "level": "green", "expires_ms": N?}`` signs and
+- ``POST /v1/vouch``: body ``{"peer_id": ID, "level": "green", "lifetime_ms": N?}`` signs and
   announces a vouch, or ``{"peer_id": ID, "revoke": true}`` a revocation; answers the statement.
 - ``GET /v1/events``: membership events as JSON lines (``{"event": "joined"|"left"|
   "addresses_changed"|"dropped", "peer_id", ...}``), until the client hangs up.

@@ -3,8 +3,13 @@
 It starts N in-process nodes on 127.0.0.1 (temporary homes), links them into a connected but
 not complete mesh (each node bootstraps to the two before it), waits until the mesh has formed,
 then has several nodes publish sample indicators at each level and prints every arrival at
-every node as it happens. It ends by itself once every node has every indicator, or after
-``timeout_s``, and prints a summary (``--json``: one JSON object).
+every node as it happens. It ends by itself once every node has every indicator it may see,
+or after ``timeout_s``, and prints a summary (``--json``: one JSON object).
+
+Trust: the first N-1 nodes are a community that trust each other at RED (written to their
+trust files before they start). The last node is a newcomer nobody trusts: it is connected
+like the others, yet sees CLEAR only — GREEN and above are withheld from it and AMBER/RED are
+sealed. A delivery above CLEAR at the newcomer is counted as a leak and fails the demo.
 
 The sample values are documentation addresses and names (RFC 5737, RFC 2606) and hashes of
 short strings: nothing here is a real indicator, and no traffic leaves 127.0.0.1.
@@ -22,6 +27,7 @@ from typing import Any
 
 import trio
 
+from threatmesh.identity import TLP_CLEAR, TLP_RED, TrustStore
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node
@@ -61,7 +67,9 @@ class DemoResult:
     nodes: int
     published: int
     expected_deliveries: int
+    newcomer: str = ""
     deliveries: int = 0
+    leaks: int = 0  # deliveries above CLEAR at the newcomer: must stay 0
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -78,7 +86,9 @@ class DemoResult:
             "published": self.published,
             "expected_deliveries": self.expected_deliveries,
             "deliveries": self.deliveries,
-            "complete": self.deliveries >= self.expected_deliveries,
+            "newcomer": self.newcomer,
+            "leaks": self.leaks,
+            "complete": self.deliveries >= self.expected_deliveries and self.leaks == 0,
             "latency_ms_p50": percentile(0.5),
             "latency_ms_p99": percentile(0.99),
             "seconds": round(self.seconds, 2),
@@ -99,13 +109,17 @@ async def run_demo(
         root = base or Path(temporary)
         async with trio.open_nursery() as nursery:
             swarm = await _start_nodes(nursery, root, nodes)
-            await _wait_for_mesh(swarm)
-            publishing = [swarm[index % nodes] for index in range(publishers)]
+            community, newcomer = swarm[:-1], swarm[-1]
+            await _wait_for_mesh(community, newcomer)
+            publishing = [community[index % len(community)] for index in range(publishers)]
             per_node = per_level * len(TLP_LEVELS)
             result = DemoResult(
                 nodes=nodes,
                 published=per_node * len(publishing),
-                expected_deliveries=per_node * len(publishing) * nodes,
+                # Every community node gets everything; the newcomer gets CLEAR only.
+                expected_deliveries=per_node * len(publishing) * len(community)
+                + per_level * len(publishing),
+                newcomer=f"node-{nodes - 1}",
             )
             done = trio.Event()
             sent_at: dict[str, float] = {}
@@ -123,10 +137,15 @@ async def run_demo(
 
 
 async def _start_nodes(nursery: trio.Nursery, root: Path, count: int) -> list[Node]:
+    homes = [Home(root / f"node-{index}") for index in range(count)]
+    identities = [home.init()[0] for home in homes]
+    for home in homes[:-1]:  # the community; the newcomer (last) is trusted by nobody
+        store = TrustStore(home.trust_file)
+        for identity in identities[:-1]:
+            if identity.peer_id != home.identity().peer_id:
+                store.add(identity.peer_id.to_base58(), TLP_RED, "demo community", now_ms=_ms())
     started: list[Node] = []
-    for index in range(count):
-        home = Home(root / f"node-{index}")
-        home.init()
+    for home in homes:
         bootstrap = tuple(node.addrs[0] for node in started[-2:])
         config = NodeConfig(
             swarm="demo",
@@ -141,14 +160,22 @@ async def _start_nodes(nursery: trio.Nursery, root: Path, count: int) -> list[No
     return started
 
 
-async def _wait_for_mesh(swarm: list[Node]) -> None:
-    """Wait, bounded, until every node knows a subscribed peer on every TLP topic."""
+def _ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _wait_for_mesh(community: list[Node], newcomer: Node) -> None:
+    """Wait, bounded, until every node knows a subscribed peer on every topic it may read,
+    and the CLEAR mesh has formed everywhere."""
     topics = [tlp_topic("demo", tlp) for tlp, _ in TLP_LEVELS]
+    clear = tlp_topic("demo", TLP_CLEAR)
 
     def ready() -> bool:
-        return all(
-            node.pubsub.peer_topics.get(topic) for node in swarm for topic in topics
-        ) and all(node.pubsub.gossip.mesh.get(topic) for node in swarm for topic in topics)
+        return (
+            all(node.pubsub.peer_topics.get(topic) for node in community for topic in topics)
+            and all(node.pubsub.gossip.mesh.get(clear) for node in [*community, newcomer])
+            and bool(newcomer.pubsub.peer_topics.get(clear))
+        )
 
     with trio.fail_after(MESH_READY_TIMEOUT_S):
         while not ready():  # noqa: ASYNC110 - py-libp2p has no event for mesh changes
@@ -176,6 +203,8 @@ async def _watch(
 
     async for item in node.subscribe():
         record = received_record(item.indicator, item.origin)
+        if name == result.newcomer and item.indicator.tlp != TLP_CLEAR:
+            result.leaks += 1
         result.deliveries += 1
         if item.indicator.value in sent_at:
             result.latencies_ms.append((time.monotonic() - sent_at[item.indicator.value]) * 1000)

@@ -346,7 +346,7 @@ class Node:
         }
 
     async def vouch_request(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
-        unknown = set(body) - {"peer_id", "level", "expires_ms", "revoke"}
+        unknown = set(body) - {"peer_id", "level", "lifetime_ms", "revoke"}
         if unknown:
             raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
         peer_id, revoke = body.get("peer_id"), body.get("revoke", False)
@@ -355,14 +355,14 @@ class Node:
         try:
             if revoke:
                 return await self.sharing.revoke(peer_id)
-            level, expires_ms = body.get("level", "green"), body.get("expires_ms")
+            level, lifetime_ms = body.get("level", "green"), body.get("lifetime_ms")
             if not isinstance(level, str):
                 raise BadRequest("level must be a TLP level name")
-            if expires_ms is not None and (
-                not isinstance(expires_ms, int) or isinstance(expires_ms, bool)
+            if lifetime_ms is not None and (
+                not isinstance(lifetime_ms, int) or isinstance(lifetime_ms, bool)
             ):
-                raise BadRequest("expires_ms must be an integer (epoch milliseconds)")
-            return await self.sharing.vouch(peer_id, parse_tlp(level), expires_ms)
+                raise BadRequest("lifetime_ms must be an integer (milliseconds)")
+            return await self.sharing.vouch(peer_id, parse_tlp(level), lifetime_ms)
         except (SharingError, IndicatorError) as error:
             raise BadRequest(str(error)) from None
 

@@ -196,3 +196,49 @@ def test_publish_tail_query_through_the_cli(tmp_path: Path, processes: list[Node
         "[domain-name:value = 'evil.example.com']",
         "[ipv4-addr:value = '203.0.113.9']",
     ]
+
+
+def test_vouch_and_revoke_through_the_cli(tmp_path: Path, processes: list[NodeProcess]) -> None:
+    a = NodeProcess.start(tmp_path / "a", *LOOPBACK)
+    processes.append(a)
+    subject = run_cli("init", "--home", str(tmp_path / "s"), "--json")
+    assert subject.returncode == 0, subject.stderr
+    subject_id = json_line(subject.stdout)["peer_id"]
+    home = ("--home", str(tmp_path / "a"))
+
+    vouched = run_cli("vouch", subject_id, "--expires", "2d", "--json", *home)
+    assert vouched.returncode == 0, vouched.stderr
+    statement = json_line(vouched.stdout)
+    assert statement["subject"] == subject_id
+    assert statement["level"] == 2  # TLP_GREEN
+    assert statement["expires_ms"] - statement["issued_ms"] == 2 * 24 * 3600 * 1000
+    assert a.status()["sharing"]["own_vouches"] == 1
+
+    revoked = run_cli("vouch", subject_id, "--revoke", *home)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in revoked.stdout
+    assert a.status()["sharing"]["own_vouches"] == 0
+    assert a.status()["sharing"]["own_revocations"] == 1
+
+    for bad in (["not-a-peer-id"], [subject_id, "purple"]):
+        refused = run_cli("vouch", *bad, *home)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("threatmesh: error: ")
+    own_id = a.stdout_lines[0].rsplit("/p2p/", 1)[1]
+    itself = run_cli("vouch", own_id, *home)
+    assert itself.returncode == 1  # the node refuses (HTTP 400), not the command line
+    assert "itself" in itself.stderr
+
+
+def test_demo_delivers_everything_to_the_community_and_clear_only_to_the_newcomer() -> None:
+    result = run_cli("demo", "--nodes", "4", "--per-level", "2", "--json", timeout_s=90)
+    assert result.returncode == 0, result.stderr
+    summary = json_line(result.stdout)
+    # 3 publishers (the default), all in the 3-node community; 2 per level, 5 levels.
+    published = 3 * 2 * 5
+    assert summary["published"] == published
+    assert summary["expected_deliveries"] == published * 3 + 3 * 2
+    assert summary["deliveries"] == summary["expected_deliveries"]
+    assert summary["newcomer"] == "node-3"
+    assert summary["leaks"] == 0
+    assert summary["complete"] is True
