@@ -10,6 +10,9 @@ Rules:
 - The file is created with mode 0600 and never exists with wider rights, even briefly. A key
   file that group or others can read or write, or that does not decode, is refused with one
   line that says what to do, as ssh does: a leaked key is a stolen identity.
+- A peer ID that arrives as text (a file, the CLI, the API) is checked by ``parse_peer_id``:
+  it must be a multihash of a public key (libp2p peer-ids spec) in its one canonical base58
+  form, so that one peer cannot be written two ways.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ KEY_FILE_NAME = "identity.key"
 
 # A serialized libp2p private key is a few dozen bytes; anything much larger is not a key file.
 MAX_KEY_FILE_BYTES = 4096
+
+# Peer IDs are multihashes (libp2p peer-ids spec): the identity hash (code 0x00) of a
+# protobuf public key of at most 42 bytes (ed25519, secp256k1), or SHA-256 (0x12, 32 bytes)
+# of a larger one (RSA).
+_IDENTITY_MULTIHASH = 0x00
+_MAX_INLINED_KEY_BYTES = 42
+_SHA256_MULTIHASH = 0x12
+_SHA256_BYTES = 32
 
 
 class IdentityError(Exception):
@@ -111,3 +122,34 @@ def load_or_create(home: Path, key_type: KeyType = KeyType.SECP256K1) -> tuple[I
     identity = generate_identity(key_type)
     write_key_file(path, identity)
     return identity, True
+
+
+def parse_peer_id(text: str) -> ID:
+    """The peer ID written as ``text`` (base58), or ValueError saying what is wrong.
+
+    ``ID.from_base58`` accepts any base58 string; this also checks that the bytes are a peer
+    ID: an identity multihash of a public key that decodes, or a SHA-256 multihash, written
+    in its one canonical form.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError("a peer ID must be a non-empty string")
+    try:
+        peer_id = ID.from_base58(text)
+    except ValueError:
+        raise ValueError(f"{_shown(text)} is not a peer ID (not base58)") from None
+    data: bytes = peer_id.to_bytes()
+    if len(data) < 2 or data[1] != len(data) - 2:
+        raise ValueError(f"{_shown(text)} is not a peer ID (not a multihash)")
+    code, length = data[0], data[1]
+    if code == _IDENTITY_MULTIHASH and length <= _MAX_INLINED_KEY_BYTES:
+        if peer_id.extract_public_key() is None:
+            raise ValueError(f"{_shown(text)} is not a peer ID (its inlined key does not decode)")
+    elif not (code == _SHA256_MULTIHASH and length == _SHA256_BYTES):
+        raise ValueError(f"{_shown(text)} is not a peer ID (not an identity or SHA-256 multihash)")
+    if peer_id.to_base58() != text:
+        raise ValueError(f"{_shown(text)} is not a peer ID in canonical base58")
+    return peer_id
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")

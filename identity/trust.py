@@ -22,47 +22,39 @@ Rules:
   rights is still read.
 - Bounded: 4 MiB, 10,000 entries, notes of 256 characters.
 
-``identity`` imports nothing else of ours (DESIGN.md, "Layout"), so the TLP levels are defined
-here as the wire's integers; tests/test_trust.py checks that they equal ``pb.Tlp`` and the
-names in ``pubsub.topics.TLP_LEVELS``. This module also holds the peer ID check and the atomic
-JSON writer that ``vouches`` shares.
+The TLP levels and their names live in ``levels``, the peer ID check in ``keys``, and the
+reading, locking and atomic replacing of the file in ``private_files`` (``own_vouches`` uses
+them too). The time bound ``MAX_TIME_MS`` is defined here and shared with ``vouches``.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import stat
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from libp2p.peer.id import ID
+from threatmesh.identity.keys import parse_peer_id
+from threatmesh.identity.levels import (
+    TLP_CLEAR,
+    TLP_GREEN,
+    TLP_LEVEL_NAMES,
+    level_from_name,
+    level_name,
+)
+from threatmesh.identity.private_files import (
+    MISSING_FILE_STAMP,
+    FileStamp,
+    edit_lock,
+    file_stamp,
+    read_bounded_file,
+    write_json_atomically,
+)
 
 TRUST_FILE_NAME = "trust.json"
 TRUST_FILE_VERSION = 1
-
-# TLP 2.0 levels, equal to the wire's ``pb.Tlp`` values (checked by tests/test_trust.py).
-TLP_CLEAR = 1
-TLP_GREEN = 2
-TLP_AMBER = 3
-TLP_AMBER_STRICT = 4
-TLP_RED = 5
-TLP_LEVEL_NAMES: Mapping[int, str] = MappingProxyType(
-    {
-        TLP_CLEAR: "clear",
-        TLP_GREEN: "green",
-        TLP_AMBER: "amber",
-        TLP_AMBER_STRICT: "amber-strict",
-        TLP_RED: "red",
-    }
-)
-_LEVEL_BY_NAME = {name: level for level, name in TLP_LEVEL_NAMES.items()}
 
 MAX_TRUST_FILE_BYTES = 4 * 1024 * 1024
 MAX_TRUST_ENTRIES = 10_000
@@ -70,64 +62,9 @@ MAX_NOTE_CHARS = 256
 # Times are epoch milliseconds from 1970 to the end of year 9999 (what ISO 8601 can show).
 MAX_TIME_MS = 253_402_300_799_999
 
-# Peer IDs are multihashes (libp2p peer-ids spec): the identity hash (code 0x00) of a
-# protobuf public key of at most 42 bytes (ed25519, secp256k1), or SHA-256 (0x12, 32 bytes)
-# of a larger one (RSA).
-_IDENTITY_MULTIHASH = 0x00
-_MAX_INLINED_KEY_BYTES = 42
-_SHA256_MULTIHASH = 0x12
-_SHA256_BYTES = 32
-
 
 class TrustError(Exception):
     """The trust file, or an edit of it, is not valid; the message names the file or peer."""
-
-
-def level_name(level: int) -> str:
-    """The name of a TLP level (``"amber-strict"``); ValueError if unknown."""
-    try:
-        return TLP_LEVEL_NAMES[level]
-    except KeyError:
-        raise ValueError(f"unknown TLP level {level!r}") from None
-
-
-def level_from_name(name: str) -> int:
-    """The TLP level of a canonical name (``"amber-strict"``); ValueError if unknown."""
-    try:
-        return _LEVEL_BY_NAME[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"{name!r} is not one of {', '.join(TLP_LEVEL_NAMES.values())}") from None
-
-
-def parse_peer_id(text: str) -> ID:
-    """The peer ID written as ``text`` (base58), or ValueError saying what is wrong.
-
-    ``ID.from_base58`` accepts any base58 string; this also checks that the bytes are a peer
-    ID: an identity multihash of a public key that decodes, or a SHA-256 multihash, written
-    in its one canonical form.
-    """
-    if not isinstance(text, str) or not text:
-        raise ValueError("a peer ID must be a non-empty string")
-    try:
-        peer_id = ID.from_base58(text)
-    except ValueError:
-        raise ValueError(f"{_shown(text)} is not a peer ID (not base58)") from None
-    data: bytes = peer_id.to_bytes()
-    if len(data) < 2 or data[1] != len(data) - 2:
-        raise ValueError(f"{_shown(text)} is not a peer ID (not a multihash)")
-    code, length = data[0], data[1]
-    if code == _IDENTITY_MULTIHASH and length <= _MAX_INLINED_KEY_BYTES:
-        if peer_id.extract_public_key() is None:
-            raise ValueError(f"{_shown(text)} is not a peer ID (its inlined key does not decode)")
-    elif not (code == _SHA256_MULTIHASH and length == _SHA256_BYTES):
-        raise ValueError(f"{_shown(text)} is not a peer ID (not an identity or SHA-256 multihash)")
-    if peer_id.to_base58() != text:
-        raise ValueError(f"{_shown(text)} is not a peer ID in canonical base58")
-    return peer_id
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 # The trust book -----------------------------------------------------------------------------
@@ -357,109 +294,6 @@ def _is_time_ms(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIME_MS
 
 
-# Reading and writing files ------------------------------------------------------------------
-
-ErrorType = Callable[[str], Exception]
-
-# What identifies one version of a file: (device, inode, size, mtime in ns). A rewrite through
-# os.replace makes a new inode; an edit in place changes the mtime (and usually the size).
-# Two writes of the same size within the file system's timestamp granularity (a few ms) under
-# a reused inode would look alike: editors and ``threatmesh trust`` are not that fast.
-FileStamp = tuple[int, int, int, int]
-_MISSING: FileStamp = (-1, -1, -1, -1)
-
-
-def read_bounded_file(
-    path: Path, *, what: str, max_bytes: int, error: ErrorType
-) -> tuple[bytes, FileStamp] | None:
-    """The bytes of the regular file at ``path`` and its stamp; None when it does not exist.
-
-    Anything that is not a regular file, larger than ``max_bytes`` or unreadable is
-    ``error(message)``, naming the file. The stamp comes from the open file, so it describes
-    exactly the bytes returned.
-    """
-    try:
-        info = path.stat()  # before opening: opening a FIFO would block
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{path}: the {what} is not a regular file")
-        with path.open("rb") as opened:
-            info = os.fstat(opened.fileno())
-            if info.st_size > max_bytes:
-                raise error(
-                    f"{path}: {info.st_size} bytes is too large for the {what} "
-                    f"(at most {max_bytes})"
-                )
-            data = opened.read(max_bytes + 1)
-    except FileNotFoundError:
-        return None
-    except OSError as failure:
-        raise error(f"{path}: cannot read the {what}: {failure.strerror}") from None
-    if len(data) > max_bytes:
-        raise error(f"{path}: too large for the {what} (at most {max_bytes} bytes)")
-    return data, _stamp_of(info)
-
-
-def file_stamp(path: Path) -> FileStamp:
-    """The stamp of ``path`` now (``_MISSING`` when absent or unreadable)."""
-    try:
-        return _stamp_of(path.stat())
-    except OSError:
-        return _MISSING
-
-
-def _stamp_of(info: os.stat_result) -> FileStamp:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def write_json_atomically(path: Path, document: object, *, what: str, error: ErrorType) -> None:
-    """Replace ``path`` with ``document`` as JSON: a temporary file (mode 0600) in the same
-    directory, fsynced, then ``os.replace``; a reader sees the old file or the new one."""
-    data = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    try:
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as failure:
-        raise error(f"{path}: cannot write the {what}: {failure.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as written:
-            written.write(data)
-            written.flush()
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except OSError as failure:
-        Path(temporary).unlink(missing_ok=True)
-        raise error(f"{path}: cannot write the {what}: {failure.strerror}") from None
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; best effort (some file systems refuse a directory fsync)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def edit_lock(path: Path, *, what: str, error: ErrorType) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``<path>.lock`` (created 0600) while editing."""
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as failure:
-        raise error(f"{lock_path}: cannot lock the {what}: {failure.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 # The store ----------------------------------------------------------------------------------
 
 
@@ -586,7 +420,7 @@ class TrustStore:
             self.path, what="trust file", max_bytes=self.max_file_bytes, error=TrustError
         )
         if read is None:
-            return TrustBook(), _MISSING
+            return TrustBook(), MISSING_FILE_STAMP
         data, stamp = read
         return parse_trust_json(data, source=str(self.path), max_entries=self.max_entries), stamp
 

@@ -1,8 +1,8 @@
 """Vouches: signed statements "peer A vouches for peer B at level L", and their revocations.
 
-Owns the statements, the bytes they are signed over, their verification, the book of vouches
-this node heard (``VouchBook``) and the ones it issued itself (``OwnVouches``, kept in
-``<home>/vouches.json``). DESIGN.md, "Trust and sensitivity".
+Owns the statements, the bytes they are signed over, their verification and the book of
+vouches this node heard (``VouchBook``). The ones it issued itself, and their file, live in
+``own_vouches``. DESIGN.md, "Trust and sensitivity".
 
 Rules:
 - A statement is signed by the voucher's libp2p key over canonical bytes (``vouch_signing_bytes``,
@@ -19,61 +19,41 @@ Rules:
 - A revocation removes the voucher's vouch for the subject issued at or before it and is
   remembered, so an older vouch replayed later is refused; a vouch issued after it is a new
   vouch and counts. A revocation matters only while a vouch it revokes can still be live:
-  until ``issued_ms + MAX_VOUCH_LIFETIME_MS``.
+  until ``issued_ms + MAX_VOUCH_LIFETIME_MS`` (``revocation_matters``).
 - What a vouch is worth is not decided here: ``trust.effective_level`` counts only vouchers
   that this node trusts explicitly. The node should put into its ``VouchBook`` only vouches
   from such vouchers: others can never count, and storing them would let a flood of sybil
   vouches evict the ones that do. Issuers re-announce, so a voucher trusted later is heard
   within an announce interval.
 - Bounded: ``VouchBook`` keeps 64 vouches per subject, 10,000 in all and 10,000 revocations,
-  evicting the oldest (by issue time); ``OwnVouches`` refuses more than 1,000 of each.
+  evicting the oldest (by issue time); a signature is at most 1,024 bytes.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
 
 from libp2p.crypto.keys import PublicKey
 from libp2p.peer.id import ID
 
-from threatmesh.identity.keys import Identity
-from threatmesh.identity.trust import (
-    MAX_TIME_MS,
-    TLP_GREEN,
-    TLP_LEVEL_NAMES,
-    edit_lock,
-    level_from_name,
-    level_name,
-    parse_peer_id,
-    read_bounded_file,
-    write_json_atomically,
-)
-
-VOUCHES_FILE_NAME = "vouches.json"
-VOUCHES_FILE_VERSION = 1
+from threatmesh.identity.keys import Identity, parse_peer_id
+from threatmesh.identity.levels import TLP_GREEN, TLP_LEVEL_NAMES
+from threatmesh.identity.trust import MAX_TIME_MS
 
 VOUCH_DOMAIN = b"threatmesh/vouch/v1\n"
 REVOCATION_DOMAIN = b"threatmesh/revocation/v1\n"
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 MAX_VOUCH_LIFETIME_MS = 30 * 24 * 3600 * 1000
-DEFAULT_VOUCH_LIFETIME_MS = 7 * 24 * 3600 * 1000
 # An RSA-4096 signature is 512 bytes, secp256k1 (DER) at most 72, ed25519 64.
 MAX_SIGNATURE_BYTES = 1024
 
 MAX_VOUCHES_PER_SUBJECT = 64
 MAX_VOUCHES = 10_000
 MAX_REVOCATIONS = 10_000
-MAX_OWN_STATEMENTS = 1_000
-MAX_VOUCHES_FILE_BYTES = 4 * 1024 * 1024
 
 
 class VouchProblem(enum.StrEnum):
@@ -100,10 +80,6 @@ class VouchError(Exception):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
-
-
-class VouchFileError(Exception):
-    """The vouches file is unreadable, corrupt or full; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +178,7 @@ def sign_vouch(
     """A vouch by ``identity`` for ``subject``; VouchError for one that peers would refuse
     whatever the time (for oneself, a level below GREEN, a lifetime out of bounds)."""
     voucher = identity.peer_id.to_base58()
-    _check_vouch_content(voucher, subject, level, issued_ms, expires_ms)
+    check_vouch_content(voucher, subject, level, issued_ms, expires_ms)
     data = vouch_signing_bytes(voucher, subject, level, issued_ms, expires_ms)
     signature: bytes = identity.key_pair.private_key.sign(data)
     return VouchStatement(voucher, subject, level, issued_ms, expires_ms, signature)
@@ -232,7 +208,7 @@ def verify_vouch(
         vouch.voucher, vouch.subject, vouch.level, vouch.issued_ms, vouch.expires_ms
     )
     _check_signer(vouch.voucher, sender)
-    _check_vouch_content(
+    check_vouch_content(
         vouch.voucher, vouch.subject, vouch.level, vouch.issued_ms, vouch.expires_ms
     )
     _check_not_future(vouch.issued_ms, now_ms)
@@ -258,19 +234,16 @@ def verify_revocation(
     if revocation.subject == revocation.voucher:
         raise VouchError(VouchProblem.SELF_VOUCH, f"{revocation.voucher} revokes itself")
     _check_not_future(revocation.issued_ms, now_ms)
-    if not _revocation_matters(revocation, now_ms):
+    if not revocation_matters(revocation, now_ms):
         raise VouchError(VouchProblem.EXPIRED, "every vouch it could revoke has expired")
     _check_signature(revocation.voucher, data, revocation.signature, public_key)
 
 
-def _check_signer(voucher: str, sender: str) -> None:
-    if voucher != sender:
-        raise VouchError(VouchProblem.WRONG_SIGNER, f"signed by {voucher}, sent by {sender}")
-
-
-def _check_vouch_content(
+def check_vouch_content(
     voucher: str, subject: str, level: int, issued_ms: int, expires_ms: int
 ) -> None:
+    """Refuse (VouchError) a vouch that no time can make acceptable: for oneself, at a level
+    below GREEN, or with a lifetime that is empty or longer than ``MAX_VOUCH_LIFETIME_MS``."""
     if voucher == subject:
         raise VouchError(VouchProblem.SELF_VOUCH, f"{voucher} vouches for itself")
     if level not in TLP_LEVEL_NAMES or level < TLP_GREEN:
@@ -282,6 +255,16 @@ def _check_vouch_content(
             VouchProblem.LIFETIME_TOO_LONG,
             f"lifetime {expires_ms - issued_ms} ms, at most {MAX_VOUCH_LIFETIME_MS}",
         )
+
+
+def revocation_matters(revocation: RevocationStatement, now_ms: int) -> bool:
+    """Whether a vouch that ``revocation`` revokes may still be live at ``now_ms``."""
+    return revocation.issued_ms + MAX_VOUCH_LIFETIME_MS > now_ms
+
+
+def _check_signer(voucher: str, sender: str) -> None:
+    if voucher != sender:
+        raise VouchError(VouchProblem.WRONG_SIGNER, f"signed by {voucher}, sent by {sender}")
 
 
 def _check_not_future(issued_ms: int, now_ms: int) -> None:
@@ -324,11 +307,6 @@ class VouchBookSnapshot:
 
     vouches: tuple[VouchStatement, ...]
     revocations: tuple[RevocationStatement, ...]
-
-
-def _revocation_matters(revocation: RevocationStatement, now_ms: int) -> bool:
-    """Whether a vouch that ``revocation`` revokes may still be live at ``now_ms``."""
-    return revocation.issued_ms + MAX_VOUCH_LIFETIME_MS > now_ms
 
 
 def _age_order(statement: VouchStatement | RevocationStatement) -> tuple[int, str, str]:
@@ -419,7 +397,7 @@ class VouchBook:
         stale = [
             key
             for key, revocation in self._revoked.items()
-            if not _revocation_matters(revocation, now_ms)
+            if not revocation_matters(revocation, now_ms)
         ]
         for key in stale:
             del self._revoked[key]
@@ -456,245 +434,3 @@ class VouchBook:
                 return
             del self._revoked[(oldest.voucher, oldest.subject)]
         self._revoked[key] = revocation
-
-
-# The vouches this node issued ---------------------------------------------------------------
-
-
-class OwnStatements(NamedTuple):
-    """What to (re-)announce now: live vouches, and revocations of vouches that may still
-    be live somewhere (or replayed). A tuple: ``vouches, revocations = own.active(now_ms)``."""
-
-    vouches: tuple[VouchStatement, ...]
-    revocations: tuple[RevocationStatement, ...]
-
-
-class OwnVouches:
-    """The vouches and revocations this node issued, in ``<home>/vouches.json``, so that it
-    re-announces them after a restart.
-
-    The file (mode 0600, replaced atomically; signatures in base64)::
-
-        {"version": 1, "voucher": "16Uiu2...",
-         "vouches": [{"subject": "...", "level": "green", "issued_ms": 1767225600000,
-                      "expires_ms": 1767830400000, "signature": "MEUCIQ..."}],
-         "revocations": [{"subject": "...", "issued_ms": 1767312000000,
-                          "signature": "MEQCIF..."}]}
-
-    ``vouch`` and ``revoke`` re-read the file under a lock before changing it, so two
-    processes (the node, the CLI) never lose each other's statements; call ``load`` to see
-    another process's changes. Expired statements are dropped at each write.
-    """
-
-    def __init__(self, path: Path, identity: Identity) -> None:
-        self.path = path
-        self.identity = identity
-        self._voucher: str = identity.peer_id.to_base58()
-        self._vouches: dict[str, VouchStatement] = {}
-        self._revocations: dict[str, RevocationStatement] = {}
-
-    def load(self) -> None:
-        """Read the file (missing: nothing issued yet); VouchFileError if it is corrupt or
-        signed by another identity."""
-        read = read_bounded_file(
-            self.path, what="vouches file", max_bytes=MAX_VOUCHES_FILE_BYTES, error=VouchFileError
-        )
-        if read is None:
-            self._vouches, self._revocations = {}, {}
-            return
-        self._vouches, self._revocations = self._parse(read[0])
-
-    def vouch(
-        self,
-        subject: str,
-        level: int = TLP_GREEN,
-        *,
-        now_ms: int,
-        lifetime_ms: int = DEFAULT_VOUCH_LIFETIME_MS,
-    ) -> VouchStatement:
-        """Sign and keep a vouch for ``subject``, replacing an earlier one and any revocation
-        (the new vouch is issued after it, so receivers take it). VouchError for a vouch
-        peers would refuse, VouchFileError for a file problem."""
-        with edit_lock(self.path, what="vouches file", error=VouchFileError):
-            self.load()
-            revoked = self._revocations.get(subject)
-            issued_ms = now_ms
-            if revoked is not None:  # a vouch at or before the revocation would be refused
-                issued_ms = max(now_ms, revoked.issued_ms + 1)
-            vouch = sign_vouch(self.identity, subject, level, issued_ms, issued_ms + lifetime_ms)
-            if subject not in self._vouches and len(self._vouches) >= MAX_OWN_STATEMENTS:
-                raise VouchFileError(
-                    f"{self.path}: already {len(self._vouches)} vouches, at most "
-                    f"{MAX_OWN_STATEMENTS}"
-                )
-            self._revocations.pop(subject, None)
-            self._vouches[subject] = vouch
-            self._save(now_ms)
-        return vouch
-
-    def revoke(self, subject: str, *, now_ms: int) -> RevocationStatement:
-        """Sign and keep a revocation of our vouches for ``subject``; issued even when no
-        vouch is on file (the file may have been lost).
-
-        It is announced for ``MAX_VOUCH_LIFETIME_MS``, not just until the expiry of the vouch
-        on file: an earlier vouch it replaced may live longer, and anyone can replay our old
-        signed messages once GossipSub's seen-cache forgot them.
-        """
-        with edit_lock(self.path, what="vouches file", error=VouchFileError):
-            self.load()
-            vouch = self._vouches.get(subject)
-            issued_ms = now_ms if vouch is None else max(now_ms, vouch.issued_ms)
-            revocation = sign_revocation(self.identity, subject, issued_ms)
-            if subject not in self._revocations and len(self._revocations) >= MAX_OWN_STATEMENTS:
-                raise VouchFileError(
-                    f"{self.path}: already {len(self._revocations)} revocations, at most "
-                    f"{MAX_OWN_STATEMENTS}"
-                )
-            self._vouches.pop(subject, None)
-            self._revocations[subject] = revocation
-            self._save(now_ms)
-        return revocation
-
-    def active(self, now_ms: int) -> OwnStatements:
-        """The statements to announce now, ordered by subject."""
-        return OwnStatements(
-            vouches=tuple(
-                vouch for _, vouch in sorted(self._vouches.items()) if vouch.expires_ms > now_ms
-            ),
-            revocations=tuple(
-                revocation
-                for _, revocation in sorted(self._revocations.items())
-                if _revocation_matters(revocation, now_ms)
-            ),
-        )
-
-    def _save(self, now_ms: int) -> None:
-        live = self.active(now_ms)
-        self._vouches = {vouch.subject: vouch for vouch in live.vouches}
-        self._revocations = {revocation.subject: revocation for revocation in live.revocations}
-        document: dict[str, Any] = {
-            "version": VOUCHES_FILE_VERSION,
-            "voucher": self._voucher,
-            "vouches": [
-                {
-                    "subject": vouch.subject,
-                    "level": level_name(vouch.level),
-                    "issued_ms": vouch.issued_ms,
-                    "expires_ms": vouch.expires_ms,
-                    "signature": base64.b64encode(vouch.signature).decode("ascii"),
-                }
-                for vouch in live.vouches
-            ],
-            "revocations": [
-                {
-                    "subject": revocation.subject,
-                    "issued_ms": revocation.issued_ms,
-                    "signature": base64.b64encode(revocation.signature).decode("ascii"),
-                }
-                for revocation in live.revocations
-            ],
-        }
-        write_json_atomically(self.path, document, what="vouches file", error=VouchFileError)
-
-    def _parse(
-        self, data: bytes
-    ) -> tuple[dict[str, VouchStatement], dict[str, RevocationStatement]]:
-        source = str(self.path)
-        try:
-            document = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as error:
-            raise VouchFileError(f"{source}: not valid JSON ({error})") from None
-        if not isinstance(document, dict) or set(document) != _OWN_FILE_KEYS:
-            raise VouchFileError(
-                f"{source}: expected an object with {', '.join(sorted(_OWN_FILE_KEYS))}"
-            )
-        if document["version"] != VOUCHES_FILE_VERSION:
-            raise VouchFileError(f"{source}: 'version' must be {VOUCHES_FILE_VERSION}")
-        if document["voucher"] != self._voucher:
-            raise VouchFileError(
-                f"{source}: the vouches were signed by {document['voucher']!r}, not by this "
-                f"node ({self._voucher}); move the file away to start afresh"
-            )
-        raw_vouches, raw_revocations = document["vouches"], document["revocations"]
-        if not isinstance(raw_vouches, list) or not isinstance(raw_revocations, list):
-            raise VouchFileError(f"{source}: 'vouches' and 'revocations' must be lists")
-        if max(len(raw_vouches), len(raw_revocations)) > MAX_OWN_STATEMENTS:
-            raise VouchFileError(f"{source}: more than {MAX_OWN_STATEMENTS} statements")
-        vouches: dict[str, VouchStatement] = {}
-        for index, raw in enumerate(raw_vouches, start=1):
-            vouch = self._vouch_from_json(raw, f"{source}: vouch {index}")
-            vouches[vouch.subject] = vouch
-        revocations: dict[str, RevocationStatement] = {}
-        for index, raw in enumerate(raw_revocations, start=1):
-            revocation = self._revocation_from_json(raw, f"{source}: revocation {index}")
-            revocations[revocation.subject] = revocation
-        return vouches, revocations
-
-    # A statement in the file is checked as peers would check it (but for the time) and must
-    # carry this node's signature: a hand-edited or damaged file must not be announced.
-
-    def _vouch_from_json(self, raw: object, where: str) -> VouchStatement:
-        fields = _fields(raw, _OWN_VOUCH_KEYS, where)
-        try:
-            vouch = VouchStatement(
-                self._voucher,
-                fields["subject"],
-                level_from_name(fields["level"]),
-                fields["issued_ms"],
-                fields["expires_ms"],
-                _signature(fields["signature"], where),
-            )
-            data = vouch_signing_bytes(
-                vouch.voucher, vouch.subject, vouch.level, vouch.issued_ms, vouch.expires_ms
-            )
-            _check_vouch_content(
-                vouch.voucher, vouch.subject, vouch.level, vouch.issued_ms, vouch.expires_ms
-            )
-        except (ValueError, VouchError) as error:
-            raise VouchFileError(f"{where}: {error}") from None
-        self._check_own_signature(data, vouch.signature, where)
-        return vouch
-
-    def _revocation_from_json(self, raw: object, where: str) -> RevocationStatement:
-        fields = _fields(raw, _OWN_REVOCATION_KEYS, where)
-        try:
-            revocation = RevocationStatement(
-                self._voucher,
-                fields["subject"],
-                fields["issued_ms"],
-                _signature(fields["signature"], where),
-            )
-            data = revocation_signing_bytes(
-                revocation.voucher, revocation.subject, revocation.issued_ms
-            )
-        except VouchError as error:
-            raise VouchFileError(f"{where}: {error}") from None
-        self._check_own_signature(data, revocation.signature, where)
-        return revocation
-
-    def _check_own_signature(self, data: bytes, signature: bytes, where: str) -> None:
-        if not self.identity.key_pair.public_key.verify(data, signature):
-            raise VouchFileError(f"{where}: the signature is not this node's")
-
-
-_OWN_FILE_KEYS = frozenset({"version", "voucher", "vouches", "revocations"})
-_OWN_VOUCH_KEYS = frozenset({"subject", "level", "issued_ms", "expires_ms", "signature"})
-_OWN_REVOCATION_KEYS = frozenset({"subject", "issued_ms", "signature"})
-
-
-def _fields(raw: object, names: frozenset[str], where: str) -> dict[str, Any]:
-    if not isinstance(raw, dict) or set(raw) != names:
-        raise VouchFileError(f"{where}: expected an object with {', '.join(sorted(names))}")
-    return raw
-
-
-def _signature(raw: object, where: str) -> bytes:
-    if not isinstance(raw, str):
-        raise VouchFileError(f"{where}: signature must be base64 text")
-    try:
-        signature = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise VouchFileError(f"{where}: signature is not base64") from None
-    if len(signature) > MAX_SIGNATURE_BYTES:
-        raise VouchFileError(f"{where}: signature is too long")
-    return signature

@@ -10,7 +10,7 @@
 - ``trust.json``    whom this node trusts, up to which TLP level (0600; see
   threatmesh.identity.trust); edited by ``threatmesh trust``, polled by the running node
 - ``vouches.json``  the vouches and revocations this node issued (0600; see
-  threatmesh.identity.vouches)
+  threatmesh.identity.own_vouches)
 
 The home directory itself is created 0700. Secrets are created with their final mode, never
 widened after the fact.

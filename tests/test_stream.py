@@ -13,6 +13,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
+from threatmesh.identity import TrustStore
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node
 from threatmesh.node.stream import Received, StreamError
@@ -132,6 +133,10 @@ async def test_invalid_batch_from_a_peer_is_rejected_and_counted(swarm: Swarm) -
 
 async def test_api_publish_and_stream(swarm: Swarm) -> None:
     a, b = await _mesh(swarm, 2)
+    # AMBER reaches b only once a trusts it at AMBER (the trust file, reloaded live).
+    TrustStore(a.home.trust_file).add(b.peer_id.to_base58(), pb.TLP_AMBER, now_ms=1)
+    await wait_until(lambda: a.sharing.level_of(b.peer_id.to_base58()) == pb.TLP_AMBER)
+    await a.pubsub.wait_for_subscription(b.peer_id, tlp_topic("public", pb.TLP_AMBER))
     token = b.home.api_token()
     headers = {"Authorization": f"Bearer {a.home.api_token()}"}
     lines: list[dict[str, object]] = []

@@ -34,7 +34,7 @@ from threatmesh.identity import (
     verify_vouch,
     vouch_signing_bytes,
 )
-from threatmesh.identity import vouches as vouches_module
+from threatmesh.identity import own_vouches as own_vouches_module
 from threatmesh.identity.vouches import (
     MAX_CLOCK_SKEW_MS,
     MAX_VOUCH_LIFETIME_MS,
@@ -466,7 +466,7 @@ def test_own_vouches_refuse_a_damaged_file(tmp_path: Path, edit: object, problem
 
 
 def test_own_vouches_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vouches_module, "MAX_OWN_STATEMENTS", 1)
+    monkeypatch.setattr(own_vouches_module, "MAX_OWN_STATEMENTS", 1)
     own = OwnVouches(tmp_path / "vouches.json", ALICE)
     own.vouch(CAROL_ID, now_ms=NOW_MS)
     own.vouch(CAROL_ID, now_ms=NOW_MS + 1)  # replacing needs no room
