@@ -70,6 +70,15 @@ FIELD_NUMBERS: tuple[tuple[str, str, int, str], ...] = (
     ("Status", "degree", 3, "uint32"),
     ("Status", "roles", 4, "repeated string"),
     ("Status", "version", 5, "string"),
+    ("Status", "started_ms", 6, "int64"),
+    ("Status", "seq", 7, "uint64"),
+    ("Status", "views", 8, "repeated PeerView"),
+    ("Status", "reachable_verified", 9, "repeated bytes"),
+    ("Status", "supernodes", 10, "repeated bytes"),
+    ("PeerView", "peer_id", 1, "bytes"),
+    ("PeerView", "reputation_permille", 2, "uint32"),
+    ("PeerView", "heard_for_s", 3, "uint32"),
+    ("PeerView", "heard_ago_ms", 4, "uint32"),
     ("Control", "sent_ms", 1, "int64"),
     ("Control", "status", 10, "Status"),
     ("Control", "vouch", 11, "Vouch"),
@@ -278,11 +287,11 @@ def test_the_check_catches_a_reused_number_and_a_new_field() -> None:
     proto = _file_proto()
     message, field = _field(proto, "Status", "version")
     field.name = "software"
-    message.field.add(name="region", number=6, type=field.type, label=field.label)
+    message.field.add(name="region", number=99, type=field.type, label=field.label)
     assert field_number_problems(proto) == [
         'Status.version (field 5) was removed without `reserved 5; reserved "version";`',
         "Status.software reuses field number 5",
-        "new field Status.region = 6: add it to FIELD_NUMBERS",
+        "new field Status.region = 99: add it to FIELD_NUMBERS",
     ]
 
 

@@ -282,7 +282,13 @@ Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
 
 @_typing.final
 class Status(_message.Message):
-    """What a node announces about itself at a fixed interval on the control topic."""
+    """What a node announces about itself every announce interval (default 10 s) on the control
+    topic, and what it has observed of the others: the input of supernode election
+    (reputation/election.py). Self-reported figures (uptime_s, degree, roles) are shown but never
+    believed on their own: election scores a peer only from what *other* announcers say of it
+    (views, reachable_verified, supernodes). Receivers bound every list (reputation/
+    announcements.py, MAX_*) and reject the whole Status when one is over.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -291,13 +297,49 @@ class Status(_message.Message):
     DEGREE_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_MS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    VIEWS_FIELD_NUMBER: _builtins.int
+    REACHABLE_VERIFIED_FIELD_NUMBER: _builtins.int
+    SUPERNODES_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.int
+    """self-reported seconds since this session started"""
     degree: _builtins.int
+    """self-reported number of connected peers"""
     version: _builtins.str
+    """software version, e.g. "threatmesh/0.1.0" """
+    started_ms: _builtins.int
+    """When this session of the announcer started. A new value (a restart) begins a new record:
+    receivers forget what they had heard of the previous session.
+    """
+    seq: _builtins.int
+    """1, 2, 3, ... per session; going back also means a restart"""
     @_builtins.property
-    def addrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def addrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """multiaddrs the announcer says it can be dialled at (<= 16)"""
+
     @_builtins.property
-    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """e.g. "supernode", "dht-server", "relay" (<= 8, a-z 0-9 -)"""
+
+    @_builtins.property
+    def views(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerView]:
+        """the announcer's view of the peers it hears (<= 1024)"""
+
+    @_builtins.property
+    def reachable_verified(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Peers whose announced addresses this node dialled back successfully, recently (<= 1024).
+        Reachability is believed only when enough others list a peer here, never from addrs.
+        peer ID bytes
+        """
+
+    @_builtins.property
+    def supernodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The supernode set this node currently follows (<= 64); a peer named by most announcers is
+        an incumbent and keeps its seat unless beaten by a margin.
+        peer ID bytes
+        """
+
     def __init__(
         self,
         *,
@@ -306,14 +348,58 @@ class Status(_message.Message):
         degree: _builtins.int = ...,
         roles: _abc.Iterable[_builtins.str] | None = ...,
         version: _builtins.str = ...,
+        started_ms: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        views: _abc.Iterable[Global___PeerView] | None = ...,
+        reachable_verified: _abc.Iterable[_builtins.bytes] | None = ...,
+        supernodes: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "degree", b"degree", "roles", b"roles", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addrs", b"addrs", "degree", b"degree", "reachable_verified", b"reachable_verified", "roles", b"roles", "seq", b"seq", "started_ms", b"started_ms", "supernodes", b"supernodes", "uptime_s", b"uptime_s", "version", b"version", "views", b"views"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class PeerView(_message.Message):
+    """One announcer's view of one other peer, from what it observed itself."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    REPUTATION_PERMILLE_FIELD_NUMBER: _builtins.int
+    HEARD_FOR_S_FIELD_NUMBER: _builtins.int
+    HEARD_AGO_MS_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.bytes
+    """the peer viewed (never the announcer itself)"""
+    reputation_permille: _builtins.int
+    """0..1000: reputation/observations.py, reputation() * 1000"""
+    heard_for_s: _builtins.int
+    """How long the announcer has heard this peer's current session without a gap, in seconds:
+    an attested uptime, which the peer cannot inflate by its own claim.
+    """
+    heard_ago_ms: _builtins.int
+    """How long before this status the announcer last received a status of this peer, in ms
+    (<= 3600000). Lets a receiver that lost a peer's status or two learn from the others
+    that the peer is still alive, so liveness is judged alike on every node.
+    """
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.bytes = ...,
+        reputation_permille: _builtins.int = ...,
+        heard_for_s: _builtins.int = ...,
+        heard_ago_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heard_ago_ms", b"heard_ago_ms", "heard_for_s", b"heard_for_s", "peer_id", b"peer_id", "reputation_permille", b"reputation_permille"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerView: _TypeAlias = PeerView  # noqa: Y015
 
 @_typing.final
 class Control(_message.Message):
