@@ -92,6 +92,20 @@ FIELD_NUMBERS: tuple[tuple[str, str, int, str], ...] = (
     ("SealedBatch", "keys", 6, "repeated WrappedKey"),
     ("WrappedKey", "key_id", 1, "bytes"),
     ("WrappedKey", "wrapped", 2, "bytes"),
+    ("SyncRequest", "request_id", 1, "uint64"),
+    ("SyncRequest", "heads", 10, "SyncHeads"),
+    ("SyncRequest", "range", 11, "SyncRange"),
+    ("SyncRange", "origin", 1, "bytes"),
+    ("SyncRange", "from_seq", 2, "uint64"),
+    ("SyncRange", "to_seq", 3, "uint64"),
+    ("OriginHead", "origin", 1, "bytes"),
+    ("OriginHead", "highest_seq", 2, "uint64"),
+    ("SyncResponse", "request_id", 1, "uint64"),
+    ("SyncResponse", "heads", 2, "repeated OriginHead"),
+    ("SyncResponse", "messages", 3, "repeated bytes"),
+    ("SyncResponse", "withheld", 4, "repeated uint64"),
+    ("SyncResponse", "next_seq", 5, "uint64"),
+    ("SyncResponse", "error", 6, "string"),
 )
 
 ENUM_NUMBERS: tuple[tuple[str, str, int], ...] = (
@@ -115,7 +129,10 @@ ENUM_NUMBERS: tuple[tuple[str, str, int], ...] = (
     ("IndicatorType", "ITYPE_ASN", 11),
 )
 
-ONEOF_MEMBERS = {("Control", "body"): {"status", "vouch", "revocation", "sighting"}}
+ONEOF_MEMBERS = {
+    ("Control", "body"): {"status", "vouch", "revocation", "sighting"},
+    ("SyncRequest", "query"): {"heads", "range"},
+}
 
 
 # Staleness ----------------------------------------------------------------------------------

@@ -541,3 +541,160 @@ class WrappedKey(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WrappedKey: _TypeAlias = WrappedKey  # noqa: Y015
+
+@_typing.final
+class SyncRequest(_message.Message):
+    """Catch-up (node/sync.py): stream protocol /threatmesh/sync/1.0.0. The asker opens a stream,
+    writes one SyncRequest, reads one SyncResponse; each is prefixed by its length as an
+    unsigned varint (at most 4 MiB). The server answers only with what it would let the asker
+    receive live: batches of levels the server trusts the asker for, and sealed batches only
+    when the asker is among their recipients (still sealed). The rest of a range is listed in
+    `withheld`, so the asker stops asking for it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    """echoed in the answer"""
+    @_builtins.property
+    def heads(self) -> Global___SyncHeads:
+        """"which origins do you hold, up to which seq?" """
+
+    @_builtins.property
+    def range(self) -> Global___SyncRange:
+        """"give me origin's batches from_seq..to_seq" """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        heads: Global___SyncHeads | None = ...,
+        range: Global___SyncRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "query", b"query", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heads", b"heads", "query", b"query", "range", b"range", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_query: _TypeAlias = _typing.Literal["heads", "range"]  # noqa: Y015
+    _WhichOneofArgType_query: _TypeAlias = _typing.Literal["query", b"query"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_query) -> _WhichOneofReturnType_query | None: ...
+
+Global___SyncRequest: _TypeAlias = SyncRequest  # noqa: Y015
+
+@_typing.final
+class SyncHeads(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncHeads: _TypeAlias = SyncHeads  # noqa: Y015
+
+@_typing.final
+class SyncRange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    FROM_SEQ_FIELD_NUMBER: _builtins.int
+    TO_SEQ_FIELD_NUMBER: _builtins.int
+    origin: _builtins.bytes
+    """peer ID bytes"""
+    from_seq: _builtins.int
+    """inclusive, >= 1"""
+    to_seq: _builtins.int
+    """inclusive, >= from_seq; the server answers a page at a time"""
+    def __init__(
+        self,
+        *,
+        origin: _builtins.bytes = ...,
+        from_seq: _builtins.int = ...,
+        to_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "origin", b"origin", "to_seq", b"to_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncRange: _TypeAlias = SyncRange  # noqa: Y015
+
+@_typing.final
+class OriginHead(_message.Message):
+    """The highest sequence number the server holds of one origin."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    HIGHEST_SEQ_FIELD_NUMBER: _builtins.int
+    origin: _builtins.bytes
+    """peer ID bytes"""
+    highest_seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        origin: _builtins.bytes = ...,
+        highest_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["highest_seq", b"highest_seq", "origin", b"origin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OriginHead: _TypeAlias = OriginHead  # noqa: Y015
+
+@_typing.final
+class SyncResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    HEADS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    WITHHELD_FIELD_NUMBER: _builtins.int
+    NEXT_SEQ_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    next_seq: _builtins.int
+    """0 when the range is done; else ask again from here"""
+    error: _builtins.str
+    """a refused request: why (nothing else is set)"""
+    @_builtins.property
+    def heads(self) -> _containers.RepeatedCompositeFieldContainer[Global___OriginHead]:
+        """answer to SyncHeads (bounded; the most recent origins)"""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Answer to SyncRange, in seq order: each a libp2p pubsub `Message` (rpc.proto), exactly as
+        the origin signed it; the asker checks the signature and validates it like a live one.
+        """
+
+    @_builtins.property
+    def withheld(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """seqs in the page that the server holds but will not give"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        heads: _abc.Iterable[Global___OriginHead] | None = ...,
+        messages: _abc.Iterable[_builtins.bytes] | None = ...,
+        withheld: _abc.Iterable[_builtins.int] | None = ...,
+        next_seq: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "heads", b"heads", "messages", b"messages", "next_seq", b"next_seq", "request_id", b"request_id", "withheld", b"withheld"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncResponse: _TypeAlias = SyncResponse  # noqa: Y015
