@@ -76,24 +76,9 @@ class Report(NamedTuple):
 
     @classmethod
     def of(cls, indicator: pb.Indicator, batch_tlp: int) -> Report:
-        level = _report_level(indicator, batch_tlp)
-        description = indicator.description
-        last_seen_ms = indicator.last_seen_ms
-        return cls(
-            indicator.itype,
-            indicator.value,
-            level,
-            level,
-            indicator.confidence,
-            indicator.first_seen_ms,
-            last_seen_ms,
-            indicator.expires_ms,
-            description,
-            last_seen_ms if description else 0,
-            _smallest(indicator.tags, MAX_TAGS),
-            _smallest(indicator.references, MAX_REFERENCES),
-            frozenset((indicator.provider,)) if indicator.provider else _NOTHING,
-        )
+        """What a batch at ``batch_tlp`` says about ``indicator`` (see ``merge_batch``)."""
+        (report,) = merge_batch((indicator,), batch_tlp).values()
+        return report
 
 
 # Report's first fields are its scalars: the parameters of the store's upsert.
@@ -128,23 +113,48 @@ def merge_reports(a: Report, b: Report) -> Report:
 def merge_batch(
     indicators: Iterable[pb.Indicator], batch_tlp: int
 ) -> dict[tuple[int, str], Report]:
-    """The reports of one batch, one per (itype, value)."""
+    """The reports of one batch, one per (itype, value).
+
+    A report's level is the stricter of the indicator's and the batch's (unset: the batch's);
+    ``ValueError`` for an indicator level that is not one. This runs for every indicator a
+    node stores, so the report is built here, inline: each protobuf field read once, a repeated
+    field copied out with a slice (a third of what iterating it costs), no call per field.
+    """
     reports: dict[tuple[int, str], Report] = {}
+    build = Report._make
     for indicator in indicators:
-        report = Report.of(indicator, batch_tlp)
-        key = (report.itype, report.value)
+        level: int = indicator.tlp
+        if level == 0:
+            level = batch_tlp
+        elif not TLP_CLEAR <= level <= TLP_RED:
+            raise ValueError(f"indicator {indicator.value!r}: unknown tlp {level}")
+        elif level < batch_tlp:
+            level = batch_tlp
+        key = (indicator.itype, indicator.value)
+        description = indicator.description
+        last_seen_ms = indicator.last_seen_ms
+        tags = frozenset(indicator.tags[:])
+        references = indicator.references
+        provider = indicator.provider
+        report = build(
+            (
+                *key,
+                level,
+                level,
+                indicator.confidence,
+                indicator.first_seen_ms,
+                last_seen_ms,
+                indicator.expires_ms,
+                description,
+                last_seen_ms if description else 0,
+                tags if len(tags) <= MAX_TAGS else _smallest(tags, MAX_TAGS),
+                _smallest(references[:], MAX_REFERENCES) if references else _NOTHING,
+                frozenset((provider,)) if provider else _NOTHING,
+            )
+        )
         earlier = reports.get(key)
         reports[key] = report if earlier is None else merge_reports(earlier, report)
     return reports
-
-
-def _report_level(indicator: pb.Indicator, batch_tlp: int) -> int:
-    level = indicator.tlp
-    if level == 0:
-        return batch_tlp
-    if not TLP_CLEAR <= level <= TLP_RED:
-        raise ValueError(f"indicator {indicator.value!r}: unknown tlp {level}")
-    return max(level, batch_tlp)
 
 
 def _earliest_known(a_ms: int, b_ms: int) -> int:

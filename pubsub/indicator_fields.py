@@ -1,12 +1,14 @@
 """The fields of an indicator other than its value: how each is read and bounded.
 
-Two kinds of function, for the two ways in (see ``threatmesh.pubsub.indicators``):
+Functions for the two ways in (see ``threatmesh.pubsub.indicators``), and for batches:
 - ``*_from_input`` and ``time_ms`` read what a user wrote, in the shapes JSON and CSV give
   (a list or a comma-separated string of tags; ISO 8601 text or epoch seconds), and return
   the normalised field: tags lower case and deduplicated in order, references canonical URLs,
   times epoch milliseconds UTC (a time without offset is UTC).
 - ``check_*`` check a field as it is in a ``pb.Indicator``, normalising nothing; they are run
   on records after normalisation too, so both ways share one set of bounds.
+- ``all_*_pass`` answer the same questions for one field of every indicator of a batch at
+  once (``validate_batch``); see "Whole batches" below.
 
 Bounds are the constants below; times must lie between 1990 and a day ahead of ``now_ms``
 (the clock skew we allow), ``last_seen >= first_seen``, and ``expires`` (0: never) after
@@ -16,12 +18,19 @@ them with commas. Pure; every failure is an ``IndicatorError`` naming the field.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 
-from threatmesh.pubsub.indicator_values import IndicatorError, canonical_value, shown
+from threatmesh.pubsub.indicator_values import (
+    IndicatorError,
+    all_canonical,
+    canonical_value,
+    shown,
+)
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 
 MAX_TAGS = 32
@@ -244,3 +253,104 @@ def confidence_from_input(raw: object) -> int:
     if not 0 <= raw <= 100:
         raise IndicatorError("confidence", f"{raw} is not from 0 to 100")
     return raw
+
+
+# Whole batches ------------------------------------------------------------------------------
+# ``validate_batch`` checks each field over a whole batch at once, one column of values per
+# field. Each function here answers exactly what the per-indicator checks above (and
+# ``validate_indicator``'s canonical-form checks) answer for every element, True when all pass,
+# without a Python call per element: counts, lengths and bounds with map/min/max; characters
+# over the column joined (joining adds none, so a forbidden one found is in some element).
+# ASCII text, the common case, is checked by deleting its allowed bytes (bytes.translate):
+# what is left is forbidden. Other text goes to the regular expressions above.
+
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))  # for ASCII, "not _CONTROL"
+_DESCRIPTION_ASCII = _PRINTABLE_ASCII + b"\t\n\r"  # for ASCII, "not _CONTROL_EXCEPT_LINES"
+# Printable, no space (strip() changes nothing), no upper case (lower() changes nothing), no
+# comma: an ASCII tag of these is canonical.
+_CANONICAL_TAG_ASCII = bytes(
+    byte for byte in range(0x21, 0x7F) if byte != ord(",") and not ord("A") <= byte <= ord("Z")
+)
+
+
+def _ascii_within(text: str, allowed: bytes) -> bool:
+    """Whether ``text`` is ASCII made of ``allowed`` bytes only."""
+    return text.isascii() and not text.encode("ascii").translate(None, allowed)
+
+
+def _no_element_twice(lists: Sequence[Sequence[str]], counts: list[int]) -> bool:
+    """Whether no list (of ``counts`` elements each) has an element twice."""
+    return list(map(len, map(set, lists))) == counts
+
+
+def all_tags_pass(tag_lists: Sequence[Sequence[str]]) -> bool:
+    """Whether every list of tags passes ``validate_indicator``: at most MAX_TAGS, none twice,
+    each within ``check_tag``'s bounds and canonical (not empty, stripped, lower case)."""
+    counts = list(map(len, tag_lists))
+    if not any(counts):
+        return True
+    if max(counts) > MAX_TAGS or not _no_element_twice(tag_lists, counts):
+        return False
+    tags = list(itertools.chain.from_iterable(tag_lists))
+    if min(map(len, tags)) == 0 or max(map(len, tags)) > MAX_TAG_CHARS:
+        return False
+    joined = "".join(tags)
+    if _ascii_within(joined, _CANONICAL_TAG_ASCII):
+        return True
+    if "," in joined or _CONTROL.search(joined):
+        return False
+    return [tag.strip().lower() for tag in tags] == tags
+
+
+def all_providers_pass(providers: list[str]) -> bool:
+    """Whether every provider passes ``validate_indicator``: no surrounding spaces, and
+    ``check_provider``."""
+    if max(map(len, providers), default=0) > MAX_PROVIDER_CHARS:
+        return False
+    if list(map(str.strip, providers)) != providers:
+        return False
+    joined = "".join(providers)
+    return _ascii_within(joined, _PRINTABLE_ASCII) or not _CONTROL.search(joined)
+
+
+def all_descriptions_pass(descriptions: Sequence[str]) -> bool:
+    """Whether ``check_description`` passes every one of ``descriptions``."""
+    if max(map(len, descriptions), default=0) > MAX_DESCRIPTION_CHARS:
+        return False
+    joined = "".join(descriptions)
+    return _ascii_within(joined, _DESCRIPTION_ASCII) or not _CONTROL_EXCEPT_LINES.search(joined)
+
+
+def all_references_pass(reference_lists: Sequence[Sequence[str]]) -> bool:
+    """Whether every list of references passes ``validate_indicator``: at most MAX_REFERENCES,
+    none twice, each in canonical form (``canonical_reference`` returns it unchanged)."""
+    counts = list(map(len, reference_lists))
+    if not any(counts):
+        return True
+    if max(counts) > MAX_REFERENCES or not _no_element_twice(reference_lists, counts):
+        return False
+    # Feeds repeat a few report URLs over many indicators: each distinct one is checked once.
+    distinct = list(set(itertools.chain.from_iterable(reference_lists)))
+    return max(map(len, distinct)) <= MAX_REFERENCE_CHARS and all_canonical(distinct, pb.ITYPE_URL)
+
+
+def all_times_pass(
+    first_seen: Sequence[int], last_seen: Sequence[int], expires: Sequence[int], now_ms: int
+) -> bool:
+    """Whether ``check_times`` passes every (first_seen_ms, last_seen_ms, expires_ms)."""
+    if not first_seen:
+        return True
+    latest_ms = now_ms + MAX_CLOCK_SKEW_MS
+    if min(first_seen) < MIN_TIME_MS or min(last_seen) < MIN_TIME_MS:
+        return False
+    if max(first_seen) > latest_ms or max(last_seen) > latest_ms:
+        return False
+    if not all(map(operator.le, first_seen, last_seen)):
+        return False
+    if not any(expires):  # 0: never expires
+        return True
+    latest_expires_ms = now_ms + MAX_EXPIRES_AHEAD_MS
+    return all(
+        expires_ms == 0 or first_ms < expires_ms <= latest_expires_ms
+        for first_ms, expires_ms in zip(first_seen, expires, strict=True)
+    )
