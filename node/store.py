@@ -32,6 +32,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
+from threatmesh.node.store_log import LoggedBatch, log_batch, log_bytes, read_range
+from threatmesh.node.store_log import heads as log_heads
+from threatmesh.node.store_log import sweep as sweep_log
 from threatmesh.node.store_merge import (
     MAX_ORIGINS,
     MAX_PROVIDERS,
@@ -92,6 +95,7 @@ class AddResult:
     duplicate: bool
     inserted: int = 0
     merged: int = 0
+    gap: bool = False  # stored above a hole in its origin's sequence (catch-up may fill it)
 
 
 class OriginSeqs(NamedTuple):
@@ -202,23 +206,49 @@ class Store:
         tlp: int,
         indicators: Sequence[pb.Indicator],
         received_ms: int,
+        message: bytes | None = None,
     ) -> AddResult:
         """Store batch ``seq`` of ``origin`` in one transaction; a no-op if already stored.
 
-        Returns after the commit is synced. ``ValueError`` for arguments no valid batch has.
+        ``message`` is the origin's signed pubsub message of the batch, kept in the batch log
+        for catch-up (``store_log.py``). Returns after the commit is synced. ``ValueError``
+        for arguments no valid batch has.
         """
         check_batch(origin, seq, tlp, len(indicators))
         reports = merge_batch(indicators, tlp)
         with self._locked("store a batch") as connection, _transaction(connection):
             origin_id = _origin_id(connection, origin)
-            if not _record_seq(connection, origin_id, seq, received_ms):
+            recorded = _record_seq(connection, origin_id, seq, received_ms)
+            if recorded is None:
                 connection.execute("ROLLBACK")  # nothing was written; end it unchanged
                 return AddResult(duplicate=True)
             created, merged = _upsert(connection, reports)
             _add_members(connection, created, origin_id)
             grown = _add_members(connection, merged, origin_id)
             _trim_sets(connection, merged, grown)
-        return AddResult(duplicate=False, inserted=len(created), merged=len(merged))
+            if message is not None:
+                log_batch(connection, origin_id, seq, tlp, received_ms, message)
+        return AddResult(duplicate=False, inserted=len(created), merged=len(merged), gap=recorded)
+
+    def mark_withheld(self, origin: str, seqs: Sequence[int], received_ms: int) -> int:
+        """Record ``seqs`` of ``origin`` as settled without content: batches that exist but
+        are not for this node (every server withheld them). They no longer count as gaps.
+        Returns how many were new."""
+        if not origin:
+            raise ValueError("origin must not be empty")
+        settled = 0
+        with self._locked("record withheld batches") as connection, _transaction(connection):
+            origin_id = _origin_id(connection, origin)
+            for seq in sorted(set(seqs)):
+                if seq >= 1 and _record_seq(connection, origin_id, seq, received_ms) is not None:
+                    settled += 1
+        return settled
+
+    def sweep_log(self, *, older_than_ms: int, max_bytes: int) -> int:
+        """Remove logged batches received before ``older_than_ms``, then the oldest until the
+        log holds at most ``max_bytes``; how many."""
+        with self._locked("sweep the batch log") as connection, _transaction(connection):
+            return sweep_log(connection, older_than_ms=older_than_ms, max_bytes=max_bytes)
 
     def sweep_expired(self, now_ms: int, *, batch_limit: int = 10_000) -> int:
         """Delete up to ``batch_limit`` indicators with ``0 != expires_ms < now_ms``; how many.
@@ -361,6 +391,29 @@ class Store:
                 break
         return OriginSeqs(int(highest_contiguous), missing)
 
+    # The batch log (catch-up) -------------------------------------------------------------------
+
+    def heads(self, *, limit: int) -> list[tuple[str, int]]:
+        """(origin, highest logged seq) of up to ``limit`` origins, most recently heard first."""
+        with self._locked("read the batch log") as connection:
+            return log_heads(connection, limit)
+
+    def log_range(self, origin: str, first: int, last: int, *, limit: int) -> list[LoggedBatch]:
+        """``origin``'s logged batches with ``first <= seq <= last``, seq order, at most
+        ``limit``; none for an unknown origin."""
+        with self._locked("read the batch log") as connection:
+            row = connection.execute(
+                "SELECT id FROM origins WHERE peer_id = ?", (origin,)
+            ).fetchone()
+            if row is None:
+                return []
+            return read_range(connection, row[0], first, last, limit)
+
+    def log_stats(self) -> tuple[int, int]:
+        """(batches, bytes) in the batch log."""
+        with self._locked("read the batch log") as connection:
+            return log_bytes(connection)
+
     # Internals ----------------------------------------------------------------------------------
 
     @contextmanager
@@ -405,14 +458,18 @@ def _origin_id(connection: sqlite3.Connection, origin: str) -> int:
     return int(origin_id)
 
 
-def _record_seq(connection: sqlite3.Connection, origin_id: int, seq: int, received_ms: int) -> bool:
-    """Record that batch ``seq`` is stored; False if it already was."""
+def _record_seq(
+    connection: sqlite3.Connection, origin_id: int, seq: int, received_ms: int
+) -> bool | None:
+    """Record that batch ``seq`` is stored: None if it already was, else whether it lies
+    above a hole (a seq below it is missing)."""
     (highest_contiguous,) = connection.execute(
         "SELECT highest_contiguous FROM origins WHERE id = ?", (origin_id,)
     ).fetchone()
     if seq <= highest_contiguous:
-        return False
-    if seq == highest_contiguous + 1:
+        return None
+    above_hole: bool = seq > highest_contiguous + 1
+    if not above_hole:
         highest_contiguous = _contiguous_from(connection, origin_id, seq)
         connection.execute(
             "DELETE FROM origin_batches_ahead WHERE origin_id = ? AND seq <= ?",
@@ -425,13 +482,13 @@ def _record_seq(connection: sqlite3.Connection, origin_id: int, seq: int, receiv
             (origin_id, seq, received_ms),
         )
         if added.rowcount == 0:
-            return False
+            return None
     connection.execute(
         "UPDATE origins SET highest_contiguous = ?, highest_seen = max(highest_seen, ?),"
         " batches = batches + 1, last_received_ms = max(last_received_ms, ?) WHERE id = ?",
         (highest_contiguous, seq, received_ms, origin_id),
     )
-    return True
+    return above_hole
 
 
 def _contiguous_from(connection: sqlite3.Connection, origin_id: int, seq: int) -> int:

@@ -32,13 +32,14 @@ from pathlib import Path
 
 from threatmesh.node.errors import NodeError
 from threatmesh.node.logs import get_logger
+from threatmesh.node.store_log import LOG_SCHEMA
 
 log = get_logger("threatmesh.store")
 
 # Written in the SQLite header (offset 68) so `file` and other tools can tell our stores apart.
 APPLICATION_ID = 0x544D5348  # "TMSH"
 APPLICATION_NAME = "threatmesh"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the batch log (store_log.py)
 
 # How long a statement waits for another connection's lock before failing.
 BUSY_TIMEOUT_MS = 5_000
@@ -206,7 +207,7 @@ def _create_or_verify(connection: sqlite3.Connection, path: Path) -> bool:
         } - {"sqlite_sequence", "sqlite_stat1"}
         (application_id,) = connection.execute("PRAGMA application_id").fetchone()
         if not tables and application_id == 0:
-            for statement in _statements(SCHEMA_V1):
+            for statement in _statements(SCHEMA_V1 + LOG_SCHEMA):
                 connection.execute(statement)
             connection.execute(
                 "INSERT INTO schema_version (id, application, version) VALUES (1, ?, ?)",
@@ -248,8 +249,15 @@ def _read_version(
 
 
 def _migrate(connection: sqlite3.Connection, path: Path, version: int) -> None:
-    """Bring a store from ``version`` up to SCHEMA_VERSION (none yet: 1 is the first)."""
-    raise StoreError(f"{path}: no migration from store schema version {version}")
+    """Bring a store from ``version`` up to SCHEMA_VERSION, in the caller's transaction."""
+    if version == 1:  # 1 -> 2: the batch log; batches stored before it cannot be served
+        for statement in _statements(LOG_SCHEMA):
+            connection.execute(statement)
+        version = 2
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"{path}: no migration from store schema version {version}")
+    connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    log.info("store migrated", path=str(path), version=SCHEMA_VERSION)
 
 
 def _quick_check(connection: sqlite3.Connection, path: Path, budget_s: float) -> None:

@@ -18,12 +18,19 @@ wrapped for the recipients ``Sealing.recipients(tlp)`` names; receivers open it 
 key. A sealed batch this node cannot open (it is not a recipient) is ignored: not stored, not
 forwarded, and nobody is penalised for relaying it (``IgnoreMessage``).
 
+Catch-up (``threatmesh.node.sync``): every stored batch keeps its origin's signed pubsub
+message in the store's log, ours included (signed before it is stored, so what the node
+acknowledged can be served after a crash). ``ingest`` takes such a message from a sync answer
+and checks it exactly as a live one: signature, origin, topic, seal, validation, sequence
+number. A received batch above a hole in its origin's sequence calls ``on_gap(origin)``.
+
 Local subscribers get a bounded buffer each; a subscriber that falls behind loses indicators
 one by one, counted in its ``dropped`` and in the node's status, and never slows the node.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +40,7 @@ from google.protobuf.message import DecodeError
 from libp2p.abc import ISubscriptionAPI
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.validators import signature_validator
 from trio_typing import TaskStatus
 
 from threatmesh.identity import Identity
@@ -43,7 +51,7 @@ from threatmesh.pubsub.indicators import IndicatorError, validate_batch
 from threatmesh.pubsub.libp2p_gossipsub import IgnoreMessage, PublishError, ThreatmeshPubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.pubsub.seal import SEALED_LEVELS, NotForUs, SealError, open_sealed, seal
-from threatmesh.pubsub.topics import TLP_LEVELS, tlp_topic
+from threatmesh.pubsub.topics import TLP_LEVELS, TopicError, parse_tlp_topic, tlp_topic
 
 log = get_logger("threatmesh.stream")
 
@@ -103,6 +111,15 @@ class Sealing:
             private_key=self.identity.key_pair.private_key,
         )
         return pb.Batch.FromString(inner)
+
+
+class Ingested(enum.Enum):
+    """What ``IndicatorStream.ingest`` did with a batch from catch-up."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    NOT_FOR_US = "not for us"  # sealed for others
+    INVALID = "invalid"  # bad signature, wrong origin, topic or seq, invalid batch
 
 
 @dataclass
@@ -178,6 +195,8 @@ class IndicatorStream:
         self._subscribers: set[Subscription] = set()
         self._waiting: dict[int, list[_Request]] = {}
         self.counters = StreamCounters()
+        # Called with an origin's peer ID when one of its batches arrives above a hole.
+        self.on_gap: Callable[[str], None] | None = None
 
     # Public -----------------------------------------------------------------------------
 
@@ -251,6 +270,13 @@ class IndicatorStream:
     async def _emit(self, batch: pb.Batch) -> str | None:
         """Store, publish, hand out one of our batches; an error text if a step failed."""
         try:
+            message = self._pubsub.sign(
+                tlp_topic(self._swarm, batch.tlp), await self._payload(batch)
+            )
+        except (PublishError, SealError) as error:
+            log.error("cannot publish our batch", seq=batch.seq, error=str(error))
+            return f"the batch could not be published: {error}"
+        try:
             await trio.to_thread.run_sync(
                 lambda: self._store.add_batch(
                     origin=self._our_peer_id,
@@ -258,6 +284,7 @@ class IndicatorStream:
                     tlp=batch.tlp,
                     indicators=batch.indicators,
                     received_ms=batch.sent_ms,
+                    message=message.SerializeToString(),
                 )
             )
         except Exception as error:
@@ -265,12 +292,9 @@ class IndicatorStream:
             return f"the store refused the batch: {error}"
         self._hand_out(batch, self._our_peer_id)
         try:
-            await self._pubsub.publish(
-                tlp_topic(self._swarm, batch.tlp),
-                await self._payload(batch),
-                timeout_s=PUBLISH_TIMEOUT_S,
-            )
-        except (PublishError, SealError) as error:
+            await self._pubsub.publish_message(message, timeout_s=PUBLISH_TIMEOUT_S)
+        except PublishError as error:
+            # Stored and logged: peers get it by catch-up (node/sync.py).
             log.warning("batch stored but not forwarded", seq=batch.seq, error=str(error))
             return f"stored locally but not forwarded to peers: {error}"
         self.counters.published_batches += 1
@@ -301,22 +325,58 @@ class IndicatorStream:
             if origin == self._our_peer_id:
                 continue  # our own batches were stored and handed out when we published
             batch = self._batch_of(message, tlp)
-            result = await trio.to_thread.run_sync(self._store_received, origin, batch)
-            if result.duplicate:
-                self.counters.duplicate_batches += 1
-                continue
-            self.counters.received_batches += 1
-            self.counters.received_indicators += len(batch.indicators)
-            self._hand_out(batch, origin)
+            await self._store_and_hand_out(origin, batch, message.SerializeToString())
 
-    def _store_received(self, origin: str, batch: pb.Batch) -> AddResult:
+    async def _store_and_hand_out(self, origin: str, batch: pb.Batch, raw: bytes) -> bool:
+        """Store a validated batch of another origin (with its signed message) and hand it out;
+        False if it was stored before."""
+        result = await trio.to_thread.run_sync(self._store_received, origin, batch, raw)
+        if result.duplicate:
+            self.counters.duplicate_batches += 1
+            return False
+        self.counters.received_batches += 1
+        self.counters.received_indicators += len(batch.indicators)
+        self._hand_out(batch, origin)
+        if result.gap and self.on_gap is not None:
+            self.on_gap(origin)
+        return True
+
+    def _store_received(self, origin: str, batch: pb.Batch, raw: bytes) -> AddResult:
         return self._store.add_batch(
             origin=origin,
             seq=batch.seq,
             tlp=batch.tlp,
             indicators=batch.indicators,
             received_ms=self._wall_ms(),
+            message=raw,
         )
+
+    async def ingest(self, raw: bytes, *, origin: ID, seqs: tuple[int, int]) -> Ingested:
+        """Check, store and hand out a batch from a catch-up answer (see the module docstring).
+
+        ``raw`` must be ``origin``'s signed pubsub message of a batch with a seq in ``seqs``
+        (inclusive), on one of this swarm's TLP topics.
+        """
+        try:
+            message = rpc_pb2.Message.FromString(raw)
+            topic = parse_tlp_topic(message.topicIDs[0]) if len(message.topicIDs) == 1 else None
+        except (DecodeError, TopicError):
+            return Ingested.INVALID
+        if topic is None or topic.swarm != self._swarm or ID(message.from_id) != origin:
+            return Ingested.INVALID
+        if not signature_validator(message):
+            return Ingested.INVALID
+        try:
+            batch = self._batch_of(message, topic.tlp)
+            validate_batch(batch, topic_tlp=topic.tlp, now_ms=self._wall_ms())
+        except NotForUs:
+            return Ingested.NOT_FOR_US
+        except (IndicatorError, DecodeError, SealError):
+            return Ingested.INVALID
+        if not seqs[0] <= batch.seq <= seqs[1]:
+            return Ingested.INVALID
+        stored = await self._store_and_hand_out(origin.to_base58(), batch, raw)
+        return Ingested.STORED if stored else Ingested.DUPLICATE
 
     def _hand_out(self, batch: pb.Batch, origin: str) -> None:
         for subscription in list(self._subscribers):

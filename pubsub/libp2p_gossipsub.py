@@ -106,6 +106,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.pubsub.subscription import TrioSubscriptionAPI
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.tools.anyio_service import background_trio_service
 
 # trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
@@ -622,14 +623,14 @@ class ThreatmeshPubsub(Pubsub):
     async def publish(
         self, topic_id: str | list[str], data: bytes, *, timeout_s: float | None = None
     ) -> None:
-        """Publish ``data`` to ``topic_id``, waiting (bounded) for room instead of dropping.
+        """Publish ``data`` to ``topic_id``: ``publish_message(sign(topic_id, data))``."""
+        await self.publish_message(self.sign(topic_id, data), timeout_s=timeout_s)
 
-        Waits until the outbound queue of every peer subscribed to the topic holds at most
-        ``publish_watermark`` RPCs, then publishes (local subscribers and our validator
-        included). Raises ``PublishError`` if ``data`` is over ``max_payload_bytes``, or if
-        the queues are still above the watermark after ``timeout_s`` (default
-        ``settings.publish_timeout_s``); nothing is sent then. Upstream publishes never wait:
-        a burst fills the 32-slot queues before the sender tasks run and the rest is dropped.
+    def sign(self, topic_id: str | list[str], data: bytes) -> rpc_pb2.Message:
+        """The message upstream ``publish`` would send (``pubsub.py:1580``): ours, signed.
+
+        Apart so that a caller can keep the signed message (the catch-up log) before it goes
+        out. Raises ``PublishError`` if ``data`` is over ``max_payload_bytes``.
         """
         topics = [topic_id] if isinstance(topic_id, str) else list(topic_id)
         limit = self.settings.max_payload_bytes
@@ -638,6 +639,28 @@ class ThreatmeshPubsub(Pubsub):
                 f"{', '.join(topics)}: a message of {len(data)} bytes is over the limit of "
                 f"{limit} bytes (max_message_bytes minus the RPC envelope); split it"
             )
+        msg = rpc_pb2.Message(
+            data=data, topicIDs=topics, from_id=self.my_id.to_bytes(), seqno=self._next_seqno()
+        )
+        if self.sign_key is None:  # strict_signing is always on (see __init__)
+            raise PublishError("no private key to sign with")
+        msg.signature = self.sign_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
+        msg.key = self.host.get_public_key().serialize()
+        return msg
+
+    async def publish_message(
+        self, msg: rpc_pb2.Message, *, timeout_s: float | None = None
+    ) -> None:
+        """Publish a message from ``sign``, waiting (bounded) for room instead of dropping.
+
+        Waits until the outbound queue of every peer subscribed to the topic holds at most
+        ``publish_watermark`` RPCs, then publishes (local subscribers and our validator
+        included). Raises ``PublishError`` if the queues are still above the watermark after
+        ``timeout_s`` (default ``settings.publish_timeout_s``); nothing is sent then. Upstream
+        publishes never wait: a burst fills the 32-slot queues before the sender tasks run and
+        the rest is dropped.
+        """
+        topics = list(msg.topicIDs)
         wait_s = self.settings.publish_timeout_s if timeout_s is None else timeout_s
         await trio.lowlevel.checkpoint()  # let the sender tasks run between publishes
         with trio.move_on_after(wait_s):
@@ -650,7 +673,7 @@ class ThreatmeshPubsub(Pubsub):
                 f"{self.settings.publish_watermark} RPCs for {wait_s:g} s "
                 f"(first: {busy[0]}); the message was not published"
             )
-        await super().publish(topic_id, data)
+        await self.push_msg(self.my_id, msg)
 
     def _busy_peers(self, topics: list[str]) -> list[ID]:
         watermark = self.settings.publish_watermark

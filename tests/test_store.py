@@ -239,7 +239,7 @@ def test_same_batch_twice_changes_nothing(store: Store) -> None:
     first = store.add_batch(origin=PEER_A, seq=7, tlp=GREEN, indicators=batch, received_ms=1)
     before = dump(store)
     again = store.add_batch(origin=PEER_A, seq=7, tlp=GREEN, indicators=batch, received_ms=2)
-    assert first == store_module.AddResult(duplicate=False, inserted=5, merged=0)
+    assert first == store_module.AddResult(duplicate=False, inserted=5, merged=0, gap=True)
     assert again == store_module.AddResult(duplicate=True)
     assert dump(store) == before
     # Also once the seq is below the contiguous prefix (its row is pruned).
