@@ -391,6 +391,23 @@ class Store:
                 break
         return OriginSeqs(int(highest_contiguous), missing)
 
+    def max_levels(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """The most restrictive TLP each stored (itype, value) of ``keys`` was seen at."""
+        values_by_itype: dict[int, list[str]] = {}
+        for itype, value in keys:
+            values_by_itype.setdefault(itype, []).append(value)
+        found: dict[tuple[int, str], int] = {}
+        with self._locked("read indicator levels") as connection:
+            for itype, values in values_by_itype.items():
+                for chunk in chunks(sorted(set(values))):
+                    for value, max_tlp in connection.execute(
+                        "SELECT value, max_tlp FROM indicators"
+                        f" WHERE itype = ? AND value IN ({placeholders(len(chunk))})",
+                        (itype, *chunk),
+                    ):
+                        found[(itype, value)] = int(max_tlp)
+        return found
+
     # The batch log (catch-up) -------------------------------------------------------------------
 
     def heads(self, *, limit: int) -> list[tuple[str, int]]:

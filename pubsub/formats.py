@@ -87,6 +87,7 @@ class Rejected:
 class ParseResult:
     indicators: list[pb.Indicator] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # the line of each of ``indicators``
 
 
 def parse_indicators(
@@ -129,6 +130,7 @@ def parse_indicators(
             result.rejected.append(Rejected(line, error.reason))
         else:
             result.indicators.append(indicator)
+            result.lines.append(line)
     return result
 
 
