@@ -121,12 +121,13 @@ def publish_loop(
 
 
 def churn_loop(
-    nodes: list[NodeProc], targets: int, seconds: float, rng: random.Random, log: list[str]
+    nodes: list[NodeProc], targets: int, stop: threading.Event, rng: random.Random, log: list[str]
 ) -> None:
+    """Kill and restart nodes until ``stop`` (publishing ended), ``targets`` distinct ones
+    first; bounded by a count."""
     killed: set[int] = set()
-    deadline = time.monotonic() + seconds
     for _ in range(10 * len(nodes)):  # bounded
-        if time.monotonic() > deadline:
+        if stop.is_set():
             break
         candidates = [i for i in range(len(nodes)) if i not in killed] or list(range(len(nodes)))
         index = rng.choice(candidates)
@@ -198,20 +199,20 @@ def main() -> None:
         ]
         churn_log: list[str] = []
         targets = max(1, round(args.churn * len(others)))
-        churner = threading.Thread(
-            target=churn_loop, args=(others, targets, args.seconds, rng, churn_log)
-        )
+        stop = threading.Event()
+        churner = threading.Thread(target=churn_loop, args=(others, targets, stop, rng, churn_log))
         started = time.monotonic()
         for thread in [*threads, churner]:
             thread.start()
         for thread in threads:
             thread.join(timeout=args.seconds + 120)
         published_at = time.monotonic()
+        stop.set()
         everything = {value for values in acked.values() for value in values}
         missing_at_end = {
             n.home.name: len(everything - held_values(n.home, "churn-")) for n in nodes
         }
-        churner.join(timeout=60)  # its last restart, if one is under way
+        churner.join(timeout=120)  # its last restart, if one is under way
         converged_at = None
         deadline = published_at + CONVERGE_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -231,6 +232,7 @@ def main() -> None:
             "publishers": len(publishers),
             "seconds": round(published_at - started, 1),
             "acknowledged": len(everything),
+            "churn_target_nodes": targets,
             "killed_nodes": sum(1 for n in others if n.kills),
             "kills": sum(n.kills for n in others),
             "missing_at_end_of_publishing": sum(missing_at_end.values()),

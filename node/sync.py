@@ -174,10 +174,17 @@ class Sync:
                 log.info("catch-up failed", peer=str(peer), error=str(error))
 
     async def _gap_worker(self) -> None:
-        async for origin in self._gap_receive:
-            await trio.sleep(GAP_GRACE_S)
-            self._gaps.discard(origin)
-            await self._fill_gaps(origin)
+        async for first in self._gap_receive:
+            await trio.sleep(GAP_GRACE_S)  # one grace for every origin reported meanwhile
+            origins = [first]
+            while True:
+                try:
+                    origins.append(self._gap_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            for origin in origins:
+                self._gaps.discard(origin)
+                await self._fill_gaps(origin)
 
     # Asking -------------------------------------------------------------------------------
 
