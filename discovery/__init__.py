@@ -14,6 +14,8 @@ from threatmesh.discovery.events import (
     PeerAddressesChanged,
     PeerJoined,
     PeerLeft,
+    SupernodeDropped,
+    SupernodeElected,
 )
 from threatmesh.discovery.service import Discovery, DiscoverySettings
 
@@ -25,4 +27,6 @@ __all__ = [
     "PeerAddressesChanged",
     "PeerJoined",
     "PeerLeft",
+    "SupernodeDropped",
+    "SupernodeElected",
 ]

@@ -1,5 +1,7 @@
 """Membership events: a peer joined (first connection), left (last connection closed), or its
-addresses changed (DESIGN.md, "How do I know when someone joins / leaves?").
+addresses changed (DESIGN.md, "How do I know when someone joins / leaves?"); and a peer took
+up or dropped the supernode role (``SupernodeElected`` / ``SupernodeDropped``, published by
+the supernode service, ``threatmesh.node.supernodes``, when the set this node follows changes).
 
 Three layers:
 - ``MembershipTracker`` (pure): fed connection changes and address observations with
@@ -61,6 +63,22 @@ class PeerAddressesChanged:
 
 
 @dataclass(frozen=True)
+class SupernodeElected:
+    """``peer_id`` took up the supernode role: it entered the set this node follows."""
+
+    peer_id: str
+    at: float
+
+
+@dataclass(frozen=True)
+class SupernodeDropped:
+    """``peer_id`` dropped the supernode role: it left the set this node follows."""
+
+    peer_id: str
+    at: float
+
+
+@dataclass(frozen=True)
 class EventsDropped:
     """This subscriber missed ``count`` events because its buffer was full."""
 
@@ -68,7 +86,14 @@ class EventsDropped:
     at: float
 
 
-MembershipEvent = PeerJoined | PeerLeft | PeerAddressesChanged | EventsDropped
+MembershipEvent = (
+    PeerJoined
+    | PeerLeft
+    | PeerAddressesChanged
+    | SupernodeElected
+    | SupernodeDropped
+    | EventsDropped
+)
 
 
 # The tracker (pure) ------------------------------------------------------------------------

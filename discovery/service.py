@@ -195,11 +195,15 @@ class Discovery:
                 max_peers=DIAL_BACKOFF_MAX_PEERS,
             ),
         )
-        self._protected: set[ID] = {_peer_id(text) for text in settings.protected_peers}
+        # Never pruned: peer -> why (a peer protected for two reasons stays protected until
+        # both are withdrawn, e.g. a trusted peer that stops being a supernode).
+        self._protected: dict[ID, set[str]] = {
+            _peer_id(text): {"configured"} for text in settings.protected_peers
+        }
         self.connection_manager = ConnectionManager(
             host,
             Watermarks(settings.low_watermark, settings.high_watermark, settings.grace_period_s),
-            protected=lambda: self._protected,
+            protected=lambda: self._protected.keys(),
             value_of=self._value_of,
             interval_s=settings.connection_check_interval_s,
         )
@@ -215,6 +219,9 @@ class Discovery:
         self.rendezvous_key = rendezvous_key(swarm)
         self._bootstrap_peers = _parse_bootstrap(settings.bootstrap)
         self._membership_changed = trio.Event()
+        # The mode the settings ask for, resolved when ``run`` starts (the supernode role
+        # switches to server and back to this).
+        self.configured_dht_mode: DHTMode = initial_mode
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -228,6 +235,7 @@ class Discovery:
         mode = resolve_dht_mode(
             self.settings.dht_mode, listening=bool(self.host.get_transport_addrs())
         )
+        self.configured_dht_mode = mode
         await self.dht.set_mode(mode)
         internal_events = self.hub.subscribe(buffer=256)
         try:
@@ -270,12 +278,29 @@ class Discovery:
         """``peer_id``'s addresses, from what we know or through the DHT; None if not found."""
         return await self.dht.find_peer(peer_id)
 
-    def protect(self, peer_id: ID) -> None:
-        """Never prune ``peer_id`` (trusted peers, supernodes)."""
-        self._protected.add(peer_id)
+    def protect(self, peer_id: ID, reason: str = "trusted") -> None:
+        """Never prune ``peer_id`` (trusted peers, supernodes) while any reason holds."""
+        self._protected.setdefault(peer_id, set()).add(reason)
 
-    def unprotect(self, peer_id: ID) -> None:
-        self._protected.discard(peer_id)
+    def unprotect(self, peer_id: ID, reason: str = "trusted") -> None:
+        """Withdraw one reason; the peer may be pruned once it has none left."""
+        reasons = self._protected.get(peer_id)
+        if reasons is not None:
+            reasons.discard(reason)
+            if not reasons:
+                del self._protected[peer_id]
+
+    def is_protected(self, peer_id: ID) -> bool:
+        return peer_id in self._protected
+
+    def publish_event(self, event: MembershipEvent) -> None:
+        """Hand an event of another service (a role change) to every events() subscriber."""
+        self.hub.publish(event)
+
+    def mark_supernode(self, peer_id: ID, addrs: list[str], *, supernode: bool) -> None:
+        """Write ``peer_id`` into the peer cache as a supernode (a rejoin point), or clear the
+        mark. Saved with the next periodic save of ``peers.json``."""
+        self.peer_cache.record(peer_id.to_base58(), addrs, time.time(), supernode=supernode)
 
     def known_peers(self) -> set[ID]:
         """Swarm peers this node knows: its routing table and connected swarm peers."""

@@ -20,7 +20,10 @@ Endpoints:
 - ``POST /v1/vouch``: body ``{"peer_id": ID, "level": "green", "lifetime_ms": N?}`` signs and
   announces a vouch, or ``{"peer_id": ID, "revoke": true}`` a revocation; answers the statement.
 - ``GET /v1/events``: membership events as JSON lines (``{"event": "joined"|"left"|
-  "addresses_changed"|"dropped", "peer_id", ...}``), until the client hangs up.
+  "addresses_changed"|"supernode_elected"|"supernode_dropped"|"dropped", "peer_id", ...}``),
+  until the client hangs up.
+- ``GET /v1/supernodes``: ``{"supernodes": [peer ids], "elected": [peer ids], "candidates":
+  [{"peer_id", "score", "eligible", "reasons"}]}``.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ class ApiBackend(Protocol):
     def stream_records(self, tlp_names: Sequence[str]) -> AsyncIterator[Mapping[str, Any]]: ...
 
     def event_records(self) -> AsyncIterator[Mapping[str, Any]]: ...
+
+    def supernodes_report(self) -> Mapping[str, Any]: ...
 
     async def vouch_request(self, body: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
@@ -138,6 +143,9 @@ def build_api(backend: ApiBackend, token: str) -> Starlette:
 
         return StreamingResponse(_ndjson(records), media_type="application/x-ndjson")
 
+    async def get_supernodes(request: Request) -> Response:
+        return JSONResponse(dict(backend.supernodes_report()))
+
     async def get_events(request: Request) -> Response:
         return StreamingResponse(
             _ndjson(backend.event_records()), media_type="application/x-ndjson"
@@ -149,6 +157,7 @@ def build_api(backend: ApiBackend, token: str) -> Starlette:
             Route("/v1/publish", post_publish, methods=["POST"]),
             Route("/v1/stream", get_stream, methods=["GET"]),
             Route("/v1/events", get_events, methods=["GET"]),
+            Route("/v1/supernodes", get_supernodes, methods=["GET"]),
             Route("/v1/vouch", post_vouch, methods=["POST"]),
         ],
         middleware=[Middleware(_BearerTokenMiddleware, token=token)],

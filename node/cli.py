@@ -135,8 +135,29 @@ def status(home: HomeOption = None, as_json: JsonOption = False) -> None:
     typer.echo(f"swarm:    {report['swarm']}")
     typer.echo(f"uptime:   {report['uptime_s']:.0f} s")
     typer.echo(f"peers:    {len(report['peers'])}")
+    supernodes = report.get("supernodes") or {}
+    roles = ", ".join(supernodes.get("roles", [])) or "none"
+    typer.echo(f"roles:    {roles} ({len(supernodes.get('supernodes', []))} supernodes)")
     for addr in report["addrs"]:
         typer.echo(f"address:  {addr}")
+
+
+@app.command()
+def supernodes(home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show the supernode set the running node follows, and every candidate with its reasons."""
+    report = get_json(_home(home), "/v1/supernodes")
+    if as_json:
+        _print_json(report)
+        return
+    if not report["supernodes"]:
+        typer.echo("supernodes: none yet")
+    for peer_id in report["supernodes"]:
+        typer.echo(f"supernode  {peer_id}")
+    for candidate in report["candidates"]:
+        state = "eligible" if candidate["eligible"] else "not eligible"
+        typer.echo(f"candidate  {candidate['peer_id']}  score {candidate['score']:.3f}  {state}")
+        for reason in candidate["reasons"]:
+            typer.echo(f"           - {reason}")
 
 
 @app.command()

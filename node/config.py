@@ -63,6 +63,14 @@ class NodeConfig:
     random_walk_interval_s: float = 60.0
     announce_interval_s: float = 10.0
     green_vouches_required: int = 2
+    history_retention_days: float = 7.0
+    history_max_mb: int = 512
+    supernode_seats: int = 3  # 0: about sqrt(announcing peers), at most 8
+    supernode_min_record_s: int = 60
+    supernode_min_record_untrusted_s: int = 300
+    supernode_mesh_degree: int = 12
+    relay_max_reservations: int = 128
+    ip_colocation_threshold: int = 10
 
     def listen_addrs(self) -> tuple[str, ...]:
         if self.listen is not None:
@@ -174,6 +182,20 @@ CONFIG_KEYS: Mapping[str, _Key] = {
     "random_walk_interval_s": _Key(float, _at_least(1), "DHT random walk interval"),
     "announce_interval_s": _Key(float, _at_least(0.1), "control-topic announce interval"),
     "green_vouches_required": _Key(int, _at_least(1), "vouches that earn a peer GREEN"),
+    "history_retention_days": _Key(float, _at_least(0.01), "catch-up log retention"),
+    "history_max_mb": _Key(int, _at_least(1), "catch-up log size cap"),
+    "supernode_seats": _Key(int, _at_least(0), "supernode seats; 0: about sqrt(peers)"),
+    "supernode_min_record_s": _Key(
+        int, _at_least(0), "attested uptime a trusted peer needs to be elected"
+    ),
+    "supernode_min_record_untrusted_s": _Key(
+        int, _at_least(0), "attested uptime an untrusted peer needs to be elected"
+    ),
+    "supernode_mesh_degree": _Key(int, _at_least(1), "GossipSub mesh degree of a supernode"),
+    "relay_max_reservations": _Key(int, _at_least(1), "relay slots a supernode serves at a time"),
+    "ip_colocation_threshold": _Key(
+        int, _at_least(1), "peers per IP before GossipSub's colocation penalty applies"
+    ),
 }
 
 _TYPE_NAMES = {
@@ -224,12 +246,19 @@ def parse_config(text: str, source: str = CONFIG_FILE_NAME) -> NodeConfig:
 
 
 def check_consistency(config: NodeConfig, source: str) -> None:
-    """Rules between keys: the watermarks must fit under the connection cap."""
+    """Rules between keys: the watermarks must fit under the connection cap; an untrusted
+    candidate never needs a shorter record than a trusted one."""
     if not config.low_watermark <= config.high_watermark <= config.max_connections:
         raise ConfigError(
             f"{source}: keys 'low_watermark' ({config.low_watermark}), 'high_watermark' "
             f"({config.high_watermark}) and 'max_connections' ({config.max_connections}) "
             "must be in that order"
+        )
+    if config.supernode_min_record_s > config.supernode_min_record_untrusted_s:
+        raise ConfigError(
+            f"{source}: key 'supernode_min_record_s' ({config.supernode_min_record_s}) must "
+            "not exceed 'supernode_min_record_untrusted_s' "
+            f"({config.supernode_min_record_untrusted_s})"
         )
 
 

@@ -23,6 +23,12 @@ LIBP2P_NOISE_PREFIXES = (
     "MultiselectClient handshake: read failed",  # a peer hanging up during negotiation
     "Failed to open stream to peer",  # identify racing a closing connection
     "TransportManager.transport_for_dialing: no transport",  # an address kind we do not dial
+    # swarm.py:2185: a dial-back (transports/dial_back.py) ends after the security handshake
+    "fail to upgrade mux for peer",
+    # relay/circuit_v2/protocol.py:351, :291: a relay client closing its HOP stream after the
+    # exchange (as the spec says), and a circuit closing
+    "Error reading from hop stream",
+    "Unexpected error reading from stream",
 )
 
 

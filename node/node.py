@@ -9,8 +9,7 @@ or run it in a nursery of your own with ``await nursery.start(node.run)``. Eithe
 libp2p host and every service stop together when the scope ends: nothing outlives the node.
 
 ``Node.run`` is the list of services; each is a short method that calls pure policy
-(``threatmesh.node.policy``) and carries out what it returns. Later issues add discovery,
-pubsub, store, sync and reputation services to that list.
+(``threatmesh.node.policy``) and carries out what it returns.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost
+from libp2p.peer.peerinfo import PeerInfo
 from multiaddr.utils import get_network_addrs
 
 # trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
@@ -33,6 +33,7 @@ from threatmesh.discovery import Discovery, DiscoverySettings, MembershipEvent
 from threatmesh.identity import Identity, OwnVouches, TrustStore
 from threatmesh.node.api import BadRequest, ServiceUnavailable, build_api, serve_api
 from threatmesh.node.config import NodeConfig
+from threatmesh.node.downgrade import downgrades
 from threatmesh.node.errors import NodeError
 from threatmesh.node.home import Home
 from threatmesh.node.logs import get_logger
@@ -41,6 +42,8 @@ from threatmesh.node.records import event_record, received_record
 from threatmesh.node.sharing import Sharing, SharingError
 from threatmesh.node.store import Store
 from threatmesh.node.stream import IndicatorStream, Received, Sealing, StreamError
+from threatmesh.node.supernodes import Supernodes, SupernodeSettings
+from threatmesh.node.sync import Sync
 from threatmesh.pubsub.batching import BatchLimits
 from threatmesh.pubsub.formats import FORMATS, parse_indicators
 from threatmesh.pubsub.indicators import (
@@ -56,10 +59,10 @@ from threatmesh.transports.errors import TransportError
 from threatmesh.transports.libp2p_host import (
     HostSettings,
     build_host,
-    connect,
     connected_peers,
     running,
 )
+from threatmesh.transports.relay import RelaySettings, connect_any
 from threatmesh.transports.swarm_key import load_swarm_key
 
 log = get_logger("threatmesh.node")
@@ -70,6 +73,8 @@ EXPIRY_SWEEP_INTERVAL_S = 60.0
 # One sweep removes at most EXPIRY_SWEEP_BATCH rows per call, EXPIRY_SWEEP_MAX_ROUNDS calls.
 EXPIRY_SWEEP_BATCH = 10_000
 EXPIRY_SWEEP_MAX_ROUNDS = 100
+# A supernode keeps this many times the configured catch-up history (retention and size).
+SUPERNODE_HISTORY_FACTOR = 4
 
 
 def _wall_ms() -> int:
@@ -86,6 +91,21 @@ def host_settings(config: NodeConfig, home: Home) -> HostSettings:
         max_connections=config.max_connections,
         max_streams=config.max_streams,
         max_memory_mb=config.max_memory_mb,
+        dial_timeout_s=config.dial_timeout_s,
+    )
+
+
+def supernode_settings(config: NodeConfig) -> SupernodeSettings:
+    """The supernode service's part of the config (election, roles, relay)."""
+    return SupernodeSettings(
+        announce_interval_s=config.announce_interval_s,
+        seats=config.supernode_seats,
+        min_record_s=config.supernode_min_record_s,
+        min_record_untrusted_s=config.supernode_min_record_untrusted_s,
+        supernode_degree=config.supernode_mesh_degree,
+        relay=RelaySettings(
+            max_reservations=config.relay_max_reservations, timeout_s=config.dial_timeout_s
+        ),
         dial_timeout_s=config.dial_timeout_s,
     )
 
@@ -117,7 +137,9 @@ class Node:
         self.settings = host_settings(config, home)
         self.host: IHost = build_host(self.identity, self.settings)
         self.store = Store.open(home.store_file)
-        self.pubsub = build_pubsub(self.host, GossipSettings())
+        self.pubsub = build_pubsub(
+            self.host, GossipSettings(ip_colocation_threshold=config.ip_colocation_threshold)
+        )
         self.sharing = Sharing(
             identity=self.identity,
             pubsub=self.pubsub,
@@ -142,6 +164,23 @@ class Node:
             psk=self.settings.psk,
             peer_cache_path=home.path / PEER_CACHE_FILE_NAME,
         )
+        self.sync = Sync(
+            host=self.host,
+            store=self.store,
+            stream=self.stream,
+            pubsub=self.pubsub,
+            swarm=config.swarm,
+        )
+        self.supernodes = Supernodes(
+            host=self.host,
+            pubsub=self.pubsub,
+            sharing=self.sharing,
+            discovery=self.discovery,
+            settings=supernode_settings(config),
+            swarm=config.swarm,
+            our_addrs=self.listen_addrs,
+        )
+        self.sync.preferred_sources = lambda: self.supernodes.current
         self.api_url: str | None = None
         self._api_token = home.ensure_api_token()
         self._started_at: float | None = None
@@ -182,7 +221,10 @@ class Node:
                 await services.start(run_pubsub, self.pubsub)
                 await services.start(self.sharing.run)
                 await services.start(self.stream.run)
+                # Catch-up hears every peer that joins from the first one on.
+                await services.start(self.sync.run, self.discovery.events())
                 await services.start(self.discovery.run)
+                await services.start(self.supernodes.run)
                 services.start_soon(self.keep_trusted_peers_connected)
                 self.api_url = await services.start(self.serve_api)
                 services.start_soon(self.sweep_expired_indicators)
@@ -217,13 +259,27 @@ class Node:
                     break
             if swept:
                 log.info("expired indicators removed", count=swept)
+            dropped = await trio.to_thread.run_sync(self._sweep_log)
+            if dropped:
+                log.info("old batches removed from the catch-up log", count=dropped)
+
+    def _sweep_log(self) -> int:
+        """Trim the catch-up log to its retention; a supernode keeps a longer history."""
+        factor = SUPERNODE_HISTORY_FACTOR if self.supernodes.is_supernode else 1
+        retention_ms = int(self.config.history_retention_days * 24 * 3600 * 1000) * factor
+        return self.store.sweep_log(
+            older_than_ms=_wall_ms() - retention_ms,
+            max_bytes=self.config.history_max_mb * 1024 * 1024 * factor,
+        )
 
     async def keep_trusted_peers_connected(self) -> None:
         """Stay connected to the peers we seal for (AMBER and above), every announce interval.
 
         Sealed batches go straight to every trusted peer we are connected to (direct
         delivery), so a recipient we are not connected to would depend on relays that may
-        not be trusted with it. Such peers are looked up (DHT), dialled, and never pruned.
+        not be trusted with it. Such peers are looked up (DHT, and the addresses they
+        announce), dialled, and never pruned. A peer that is reachable only through a relay
+        (it announces circuit addresses) is dialled through its relay.
         """
         while True:
             connected = set(connected_peers(self.host))
@@ -231,11 +287,18 @@ class Node:
                 self.discovery.protect(peer_id)
                 if peer_id in connected:
                     continue
-                with trio.move_on_after(self.config.dial_timeout_s):
+                with trio.move_on_after(2 * self.config.dial_timeout_s):
                     info = await self.discovery.find_peer(peer_id)
-                    if info is not None and info.addrs:
+                    addrs = [*(info.addrs if info is not None else [])]
+                    addrs += self.supernodes.announced_addrs(peer_id)
+                    if addrs:
                         try:
-                            await connect(self.host, info, timeout_s=self.config.dial_timeout_s)
+                            await connect_any(
+                                self.host,
+                                self.supernodes.relay,
+                                PeerInfo(peer_id, list(dict.fromkeys(addrs))),
+                                timeout_s=self.config.dial_timeout_s,
+                            )
                         except TransportError as error:  # retried next round
                             log.info(
                                 "trusted peer not reachable", peer=str(peer_id), error=str(error)
@@ -277,7 +340,19 @@ class Node:
                     default_provider=provider,
                 )
             ready.append(indicator)
+        refused = await self._downgrades(ready)
+        if refused:
+            position, problem = min(refused.items())
+            raise IndicatorError("tlp", problem, line=position + 1)
         return await self._publish_by_level(ready)
+
+    async def _downgrades(self, indicators: Sequence[pb.Indicator]) -> dict[int, str]:
+        """Positions of ``indicators`` that would widen the audience of what we hold."""
+        keys = [(i.itype, i.value) for i in indicators if i.tlp < pb.TLP_RED]
+        if not keys:
+            return {}
+        held = await trio.to_thread.run_sync(self.store.max_levels, keys)
+        return downgrades(indicators, held)
 
     async def subscribe(self, tlp: str | int | Sequence[str | int] = ()) -> AsyncIterator[Received]:
         """Every indicator published or received from now on, at the given levels (all)."""
@@ -301,7 +376,8 @@ class Node:
         return published
 
     def events(self) -> trio.MemoryReceiveChannel[MembershipEvent]:
-        """Membership events (peer joined / left / addresses changed) from now on.
+        """Membership events (peer joined / left / addresses changed, supernode elected /
+        dropped) from now on.
 
         A bounded channel: a reader that falls behind loses events and then receives one
         ``EventsDropped`` with the count. Close it when done.
@@ -320,6 +396,11 @@ class Node:
 
         return records()
 
+    def supernodes_report(self) -> Mapping[str, Any]:
+        if self._started_at is None:
+            raise NodeError("the node is not running")
+        return self.supernodes.report()
+
     async def publish_text(
         self, text: str, *, fmt: str, tlp_name: str, provider: str
     ) -> Mapping[str, Any]:
@@ -334,15 +415,20 @@ class Node:
                 text, fmt, default_tlp=default_tlp, now_ms=_wall_ms(), default_provider=provider
             )
         )
+        refused = await self._downgrades(parsed.indicators)
+        rejected = [(r.line, r.reason) for r in parsed.rejected]
+        rejected += [
+            (parsed.lines[position], IndicatorError("tlp", problem).reason)
+            for position, problem in refused.items()
+        ]
+        ready = [i for position, i in enumerate(parsed.indicators) if position not in refused]
         try:
-            accepted = await self._publish_by_level(parsed.indicators)
+            accepted = await self._publish_by_level(ready)
         except StreamError as error:
             raise ServiceUnavailable(str(error)) from None
         return {
             "accepted": accepted,
-            "rejected": [
-                {"line": rejected.line, "reason": rejected.reason} for rejected in parsed.rejected
-            ],
+            "rejected": [{"line": line, "reason": reason} for line, reason in sorted(rejected)],
         }
 
     async def vouch_request(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -392,8 +478,11 @@ class Node:
     def addrs(self) -> list[str]:
         """Full multiaddrs (with ``/p2p/<peer id>``) others can dial."""
         suffix = f"/p2p/{self.peer_id.to_base58()}"
-        listen = expand_unspecified(self.host.get_transport_addrs(), _interface_ips())
-        return [addr + suffix for addr in listen]
+        return [addr + suffix for addr in self.listen_addrs()]
+
+    def listen_addrs(self) -> list[str]:
+        """Our listen multiaddrs others can dial, without ``/p2p`` (0.0.0.0 expanded)."""
+        return expand_unspecified(self.host.get_transport_addrs(), _interface_ips())
 
     def peers(self) -> list[str]:
         return [peer_id.to_base58() for peer_id in connected_peers(self.host)]
@@ -417,6 +506,8 @@ class Node:
         report["pubsub"] = dict(self.pubsub.counters_snapshot())
         report["discovery"] = dict(self.discovery.status())
         report["sharing"] = dict(self.sharing.status())
+        report["sync"] = self.sync.status()
+        report["supernodes"] = self.supernodes.status()
         return report
 
 

@@ -16,6 +16,8 @@ from threatmesh.discovery import (
     PeerAddressesChanged,
     PeerJoined,
     PeerLeft,
+    SupernodeDropped,
+    SupernodeElected,
 )
 from threatmesh.node.errors import ConfigError
 from threatmesh.node.store import StoredIndicator
@@ -39,6 +41,8 @@ def event_record(event: MembershipEvent) -> dict[str, Any]:
         PeerJoined: "joined",
         PeerLeft: "left",
         PeerAddressesChanged: "addresses_changed",
+        SupernodeElected: "supernode_elected",
+        SupernodeDropped: "supernode_dropped",
         EventsDropped: "dropped",
     }[type(event)]
     return {"event": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}}

@@ -17,6 +17,10 @@ Rules:
   origin, not for oneself, not expired); a bad one is rejected, which counts against the peer
   that sent it (P4). Each node re-announces its own vouches and revocations every
   ``announce_interval_s``, so a node that joins later learns them within one interval.
+- Status announcements travel on the same topic; ``Sharing`` owns the subscription and hands
+  each ``Status`` to the listener registered with ``listen_for_status`` (the supernode
+  service): its ``check_status`` runs in the topic validator (raising ValueError rejects the
+  message, which counts against the sender), its ``receive_status`` gets what passed.
 - Changes apply without a restart: the trust file is checked every ``TRUST_POLL_S``; a vouch or
   revocation applies when it arrives; expiry is rechecked every announce interval. A trust file
   that becomes unreadable keeps the last good trust and logs the problem.
@@ -27,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from google.protobuf.message import DecodeError
@@ -68,6 +72,16 @@ class SharingError(Exception):
     """A vouch or revocation this node was asked to make cannot be made; the message says why."""
 
 
+class StatusListener(Protocol):
+    """Who reads the ``Status`` announcements of the control topic (the supernode service)."""
+
+    def check_status(self, control: pb.Control, sender: str) -> None:
+        """Raise ValueError if the status of ``control`` (signed by ``sender``) is invalid."""
+
+    def receive_status(self, control: pb.Control, sender: str) -> None:
+        """A status that passed the check. Must not block."""
+
+
 @dataclass
 class SharingCounters:
     vouches_accepted: int = 0
@@ -104,6 +118,7 @@ class Sharing:
         self._interval_s = announce_interval_s
         self._wall_ms = wall_ms
         self._levels: dict[ID, int] = {}
+        self._status_listener: StatusListener | None = None
         self._sealable_cache: dict[ID, bool] = {}  # bounded by the trust file's entry limit
         self.counters = SharingCounters()
         # Gate from the first peer on: nobody connects before the node runs, so no peer's
@@ -131,6 +146,14 @@ class Sharing:
 
     def level_of(self, peer_id: str) -> int:
         return self._levels.get(ID.from_base58(peer_id), pb.TLP_CLEAR)
+
+    def vouches_for(self, peer_id: str, now_ms: int) -> int:
+        """Distinct live vouches for ``peer_id`` from peers we trust explicitly at GREEN+."""
+        return sum(
+            1
+            for voucher in self._vouches.vouchers_for(peer_id, now_ms)
+            if self._trust.level(voucher, now_ms) >= TLP_GREEN
+        )
 
     def recipients(self, tlp: int) -> list[ID]:
         """Whom a sealed batch at ``tlp`` is wrapped for: peers trusted explicitly at ``tlp``+.
@@ -202,16 +225,17 @@ class Sharing:
             now_ms = self._wall_ms()
             vouches, revocations = self._own.active(now_ms)
             for vouch in vouches:
-                await self._publish_control(pb.Control(sent_ms=now_ms, vouch=_vouch_pb(vouch)))
+                await self.publish_control(pb.Control(sent_ms=now_ms, vouch=_vouch_pb(vouch)))
             for revocation in revocations:
-                await self._publish_control(
+                await self.publish_control(
                     pb.Control(sent_ms=now_ms, revocation=_revocation_pb(revocation))
                 )
             self._vouches.expire(now_ms)
             await self._apply()
             await trio.sleep(self._interval_s)
 
-    async def _publish_control(self, control: pb.Control) -> None:
+    async def publish_control(self, control: pb.Control) -> None:
+        """Publish ``control`` on the control topic; a failure is logged, not raised."""
         try:
             await self._pubsub.publish(control_topic(self._swarm), control.SerializeToString())
         except PublishError as error:
@@ -235,7 +259,7 @@ class Sharing:
             verify_vouch(statement, sender=self._me, now_ms=now_ms)
         except (VouchError, ValueError) as error:
             raise SharingError(str(error)) from None
-        await self._publish_control(pb.Control(sent_ms=now_ms, vouch=_vouch_pb(statement)))
+        await self.publish_control(pb.Control(sent_ms=now_ms, vouch=_vouch_pb(statement)))
         return _vouch_record(statement)
 
     async def revoke(self, subject: str) -> dict[str, Any]:
@@ -243,12 +267,14 @@ class Sharing:
         now_ms = self._wall_ms()
         _check_peer_id(subject)
         statement = self._own.revoke(subject, now_ms=now_ms)
-        await self._publish_control(
-            pb.Control(sent_ms=now_ms, revocation=_revocation_pb(statement))
-        )
+        await self.publish_control(pb.Control(sent_ms=now_ms, revocation=_revocation_pb(statement)))
         return {"voucher": self._me, "subject": subject, "revoked_ms": now_ms}
 
     # Control topic ------------------------------------------------------------------------
+
+    def listen_for_status(self, listener: StatusListener) -> None:
+        """Hand every ``Status`` of the control topic to ``listener`` (one listener)."""
+        self._status_listener = listener
 
     def _validate_control(self, forwarder: ID, message: rpc_pb2.Message) -> bool:
         try:
@@ -278,7 +304,9 @@ class Sharing:
                 now_ms=now_ms,
                 public_key=key,
             )
-        # Status and Sighting are read by the reputation service (a later issue).
+        elif body == "status" and self._status_listener is not None:
+            self._status_listener.check_status(control, sender)
+        # Sighting is read by a later service.
 
     async def _receive_control(self, subscription: Any) -> None:
         while True:
@@ -299,6 +327,9 @@ class Sharing:
                 self._vouches.revoke(_revocation_statement(control.revocation))
                 self.counters.revocations_accepted += 1
                 await self._apply()
+            elif body == "status" and self._status_listener is not None:
+                sender = ID(message.from_id).to_base58()
+                self._status_listener.receive_status(control, sender)
 
     # Views --------------------------------------------------------------------------------
 

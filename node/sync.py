@@ -15,8 +15,8 @@ When the node asks:
   seq it holds per origin) and fetch every range we miss. At most ``CATCH_UP_PARALLEL`` peers
   at once, and one peer at most every ``CATCH_UP_MIN_INTERVAL_S``.
 - A batch arrives above a hole in its origin's sequence: after ``GAP_GRACE_S`` (gossip may
-  deliver out of order) the holes still open are fetched from the origin if connected, else
-  from connected peers, one origin at a time.
+  deliver out of order) the holes still open are fetched from the origin if connected, then
+  from the supernodes (they keep a longer history), then from other connected peers.
 
 Bounds on the serving side (hostile askers): ``MAX_FRAME_BYTES`` per request, a read deadline,
 at most ``SERVE_PARALLEL`` requests served at once (``SERVE_PARALLEL_PER_PEER`` per peer); a
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,6 +115,9 @@ class Sync:
         self._gaps: set[str] = set()  # origins with a gap check pending
         self._gap_send, self._gap_receive = trio.open_memory_channel[str](CATCH_UP_QUEUE)
         self.counters = SyncCounters()
+        # Peers to ask first for a gap after its origin: the supernodes, which keep a longer
+        # history (set by the node; peer IDs as text).
+        self.preferred_sources: Callable[[], Iterable[str]] = tuple
 
     # Service ------------------------------------------------------------------------------
 
@@ -209,7 +212,12 @@ class Sync:
         highest = await trio.to_thread.run_sync(self._store.last_seq, origin_text)
         connected = set(self._pubsub.peers)
         sources = [origin] if origin in connected else []
-        sources += [peer for peer in connected if peer != origin][:3]
+        sources += [
+            peer
+            for peer in (ID.from_base58(text) for text in self.preferred_sources())
+            if peer in connected and peer not in sources
+        ]
+        sources += [peer for peer in connected if peer not in sources][:3]
         for source in sources:
             try:
                 await self._fetch_missing(source, origin, highest)

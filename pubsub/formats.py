@@ -87,7 +87,7 @@ class Rejected:
 class ParseResult:
     indicators: list[pb.Indicator] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)  # the line of each of ``indicators``
+    lines: list[int] = field(default_factory=list, compare=False)  # line of each indicator
 
 
 def parse_indicators(

@@ -20,6 +20,10 @@ Public API:
 - ``seats``: ``seats(n_peers, configured, *, cap) -> int``,
   ``reelection_delay_ms(our_peer_id, event, interval_ms) -> int`` in ``[0, interval)``, and
   ``SeatTracker`` (adopts a lost seat's replacement after that delay).
+- ``engine``: ``SupernodeEngine``, the steps of one node in the protocol (book, ledger,
+  election, seat tracker) in the order the service runs them; ``DialBack``.
+- ``roles``: ``roles_for(...) -> Roles`` (DHT server, relay hop, relay client, mesh degree)
+  and ``needs_relay``: what a node does while it follows a given supernode set.
 - ``errors``: ``ReputationError`` (a ValueError) and its ``ObservationError``,
   ``AnnouncementError``, ``ElectionConfigError``.
 
@@ -36,6 +40,7 @@ from threatmesh.reputation.announcements import (
 )
 from threatmesh.reputation.book import AnnouncementBook
 from threatmesh.reputation.election import Candidate, Election, ElectionConfig, elect
+from threatmesh.reputation.engine import DialBack, SupernodeEngine
 from threatmesh.reputation.errors import (
     AnnouncementError,
     ElectionConfigError,
@@ -44,6 +49,7 @@ from threatmesh.reputation.errors import (
 )
 from threatmesh.reputation.observations import Observation, reputation, to_permille
 from threatmesh.reputation.reachability import DialBackLedger
+from threatmesh.reputation.roles import MeshDegree, Roles, needs_relay, roles_for
 from threatmesh.reputation.seats import SeatTracker, reelection_delay_ms, seats
 
 __all__ = [
@@ -51,20 +57,26 @@ __all__ = [
     "AnnouncementBook",
     "AnnouncementError",
     "Candidate",
+    "DialBack",
     "DialBackLedger",
     "Election",
     "ElectionConfig",
     "ElectionConfigError",
+    "MeshDegree",
     "Observation",
     "ObservationError",
     "PeerView",
     "ReputationError",
+    "Roles",
     "SeatTracker",
+    "SupernodeEngine",
     "announcement_from_status",
     "elect",
+    "needs_relay",
     "peer_id_bytes",
     "reelection_delay_ms",
     "reputation",
+    "roles_for",
     "seats",
     "to_permille",
 ]

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,36 @@ class Swarm:
         self._base = base
         self._nursery = nursery
         self.nodes: dict[str, Node] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
 
-    async def start(self, name: str, **overrides: Any) -> Node:
+    async def start(
+        self, name: str, *, prepare: Callable[[Node], None] | None = None, **overrides: Any
+    ) -> Node:
+        """Start node ``name`` with config ``overrides``; ``prepare`` sees it before it runs."""
         home = Home(self._base / name)
         home.init()
         # No mDNS: in-process test nodes must not beacon on the machine's interfaces (other
         # test runs would find them); discovery tests turn it on explicitly.
         base = NodeConfig(listen=(LOOPBACK_TCP,), bootstrap_backoff_cap_s=1.0, mdns=False)
         node = Node(base.with_overrides(**overrides), home)
+        if prepare is not None:
+            prepare(node)
+        scope = trio.CancelScope()
+
+        async def run(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await node.run(task_status=task_status)
+
         with trio.fail_after(10):
-            await self._nursery.start(node.run)
+            await self._nursery.start(run)
         self.nodes[name] = node
+        self._scopes[name] = scope
         return node
+
+    def stop(self, name: str) -> Node:
+        """Stop node ``name`` at once (its services are cancelled; its sockets close)."""
+        self._scopes.pop(name).cancel()
+        return self.nodes.pop(name)
 
     def __getitem__(self, name: str) -> Node:
         return self.nodes[name]
@@ -109,6 +128,13 @@ class NodeProcess:
 
     @classmethod
     def start(cls, home: Path, *flags: str, timeout_s: float = 30.0) -> NodeProcess:
+        node = cls.launch(home, *flags)
+        node._wait_ready(timeout_s)
+        return node
+
+    @classmethod
+    def launch(cls, home: Path, *flags: str) -> NodeProcess:
+        """Start ``threatmesh run`` without waiting; ``wait_ready`` then waits, bounded."""
         # stderr (the log) goes to a file beside the home, so a test can wait for a line.
         stderr_path = home.parent / f"{home.name}.stderr"
         with stderr_path.open("w") as stderr_file:
@@ -129,9 +155,10 @@ class NodeProcess:
                 stderr=stderr_file,
                 text=True,
             )
-        node = cls(home, process, stderr_path)
-        node._wait_ready(timeout_s)
-        return node
+        return cls(home, process, stderr_path)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -153,9 +180,13 @@ class NodeProcess:
             self.stdout_lines.append(line.strip())
 
     def status(self) -> dict[str, Any]:
+        return self.get("/v1/status")
+
+    def get(self, path: str) -> dict[str, Any]:
+        """GET ``path`` of the node's local API (JSON)."""
         token = (self.home / "api.token").read_text().strip()
         response = httpx.get(
-            self.api_url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=5
+            self.api_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=5
         )
         response.raise_for_status()
         result: dict[str, Any] = response.json()

@@ -11,6 +11,7 @@ every byte that arrives on its pubsub streams.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from threatmesh.identity import (
     vouch_signing_bytes,
 )
 from threatmesh.node.node import Node
+from threatmesh.pubsub.indicators import IndicatorError
 from threatmesh.pubsub.libp2p_gossipsub import GossipSettings, build_pubsub, running_pubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.pubsub.topics import TLP_LEVELS, control_topic, tlp_topic
@@ -336,3 +338,33 @@ async def test_forged_expired_and_self_vouches_are_rejected_and_penalised(
             )
     assert judge.sharing.counters.vouches_accepted == 0
     assert judge.sharing.level_of(subject) == pb.TLP_CLEAR
+
+
+async def test_an_indicator_held_at_amber_or_red_is_not_published_lower(swarm: Swarm) -> None:
+    a = await swarm.start("a", **FAST)
+    await a.publish([{"value": "secret.example"}, {"value": "203.0.113.50"}], tlp="amber")
+    await a.publish([{"value": "open.example"}], tlp="green")
+    # The Python API refuses the whole call, naming the record.
+    with pytest.raises(IndicatorError) as refused:
+        await a.publish([{"value": "fine.example"}, {"value": "secret.example"}], tlp="clear")
+    assert refused.value.field == "tlp"
+    assert refused.value.line == 2
+    assert "no downgrade" in str(refused.value)
+    assert not stored(a, "fine.example")
+    # Same level or higher is fine; so is lowering what was only ever GREEN.
+    assert await a.publish([{"value": "secret.example"}], tlp="red") == 1
+    assert await a.publish([{"value": "open.example"}], tlp="clear") == 1
+    # Through the API (``threatmesh publish``): the record is rejected, the rest go through.
+    text = "\n".join(
+        json.dumps(record)
+        for record in (
+            {"value": "ok.example"},
+            {"value": "203.0.113.50"},
+            {"value": "secret.example", "tlp": "amber"},
+        )
+    )
+    result = await a.publish_text(text, fmt="jsonl", tlp_name="green", provider="")
+    assert result["accepted"] == 1
+    assert [r["line"] for r in result["rejected"]] == [2, 3]
+    assert all("no downgrade" in r["reason"] for r in result["rejected"])
+    assert result["rejected"][0]["reason"].startswith("field 'tlp'")

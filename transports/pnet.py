@@ -44,8 +44,9 @@ Rules:
 - Relayed conns are not covered by ``install()`` alone: py-libp2p's outbound relay path
   (``relay/circuit_v2/transport.py:268`` -> ``host/basic_host.py:1593``
   ``upgrade_outbound_raw_conn``) never calls ``new_protected_conn``, while the inbound relay
-  path does (``swarm.py:2102``), so relayed dials in a private swarm fail until the host
-  builder also wraps ``host.upgrade_outbound_connection``.
+  path does (``swarm.py:2102``). ``transports/relay.py`` therefore dials through a relay
+  itself and protects the outbound relayed conn as the swarm protects a direct one
+  (tests/test_supernodes_units.py has a private-swarm circuit).
 """
 
 from __future__ import annotations
