@@ -336,6 +336,21 @@ async def test_eof_inside_the_nonce_is_refused():
     assert raw.closed
 
 
+async def test_a_reset_during_the_handshake_is_a_pnet_refusal():
+    # A peer without a swarm key gets our nonce as garbage and may reset the connection
+    # (unread data at close): the dialer must still learn it was the pnet handshake.
+    class ResetConn(ScriptedConn):
+        async def read(self, n: int | None = None) -> bytes:
+            if not self.chunks:
+                raise RawConnError("Connection reset by peer")
+            return await super().read(n)
+
+    raw = ResetConn([bytes(5)])
+    with pytest.raises(PnetHandshakeError, match="broke during the pnet handshake"):
+        await PnetConn(raw, KEY_A).read()
+    assert raw.closed
+
+
 async def test_eof_before_the_header_is_complete_is_refused():
     nonce = bytes(24)
     wire = nonce + XSalsa20(KEY_A, nonce).xor(MULTISTREAM_HEADER[:10])

@@ -230,7 +230,12 @@ class PnetConn(IRawConnection):
         if self.handshake_done:
             return await self._read(n)
         with trio.move_on_at(self._handshake_deadline_now()):
-            return await self._read(n)
+            try:
+                return await self._read(n)
+            except PnetHandshakeError:
+                raise
+            except Exception as error:  # e.g. a reset: a peer without our key drops garbage
+                await self._fail(f"the connection broke during the pnet handshake ({error})")
         await self._fail(
             f"no nonce and multistream header within {self._handshake_timeout_s:g} s; "
             "the peer has no swarm key or is not a libp2p node"
