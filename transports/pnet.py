@@ -235,7 +235,10 @@ class PnetConn(IRawConnection):
             except PnetHandshakeError:
                 raise
             except Exception as error:  # e.g. a reset: a peer without our key drops garbage
-                await self._fail(f"the connection broke during the pnet handshake ({error})")
+                await self._fail(
+                    f"the connection broke during the pnet handshake ({error}); "
+                    "the peer has another swarm key, or none"
+                )
         await self._fail(
             f"no nonce and multistream header within {self._handshake_timeout_s:g} s; "
             "the peer has no swarm key or is not a libp2p node"
@@ -279,7 +282,10 @@ class PnetConn(IRawConnection):
         ciphertext = await self._conn.read(n)
         if not ciphertext:
             if not self.handshake_done:
-                await self._fail("the peer closed the connection during the pnet handshake")
+                await self._fail(
+                    "the peer closed the connection during the pnet handshake; "
+                    "it has another swarm key, or none"
+                )
             return b""
         plaintext = self._read_cipher.xor(ciphertext)
         if not self.handshake_done:
@@ -293,7 +299,7 @@ class PnetConn(IRawConnection):
             if not chunk:
                 await self._fail(
                     f"the peer closed the connection after {len(nonce)} of the "
-                    f"{NONCE_BYTES} pnet nonce bytes"
+                    f"{NONCE_BYTES} pnet nonce bytes; it has another swarm key, or none"
                 )
             nonce += chunk
         return nonce
