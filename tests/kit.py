@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from libp2p.peer.peerinfo import PeerInfo
 
@@ -230,3 +231,27 @@ class NodeProcess:
 
 def json_line(text: str) -> Any:
     return json.loads(text.strip().splitlines()[-1])
+
+
+# The CLI in-process -------------------------------------------------------------------------
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``threatmesh argv`` in this process: (exit code, stdout, stderr)."""
+    from threatmesh.node.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    code = exit_info.value.code
+    return (code if isinstance(code, int) else 1), out, err
+
+
+def assert_one_line_error(err: str, *needles: str) -> None:
+    """``err`` is one ``threatmesh: error: ...`` line, without a traceback, naming ``needles``."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("threatmesh: error: ")
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]

@@ -7,26 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from kit import assert_one_line_error as _assert_one_line_error
+from kit import run_main as _run
 
-from threatmesh.node.cli import main
 from threatmesh.transports.swarm_key import load_swarm_key
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
-def _assert_one_line_error(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("threatmesh: error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0]
 
 
 def test_init_then_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,29 +7,13 @@ import re
 from pathlib import Path
 
 import pytest
+from kit import assert_one_line_error as _assert_one_line_error
+from kit import run_main as _run
 
 from threatmesh.identity import TLP_AMBER, TLP_GREEN, TrustStore, generate_identity
-from threatmesh.node.cli import main
 
 ALICE = generate_identity().peer_id.to_base58()
 BOB = generate_identity().peer_id.to_base58()
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
-def _assert_one_line_error(err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("threatmesh: error: ")
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
