@@ -375,10 +375,14 @@ def _revocation_pb(statement: RevocationStatement) -> pb.Revocation:
 
 
 def _peer_text(raw: bytes, field: str) -> str:
+    """A peer ID from the wire as text; ValueError naming ``field`` if it is not one
+    (``ID(raw)`` takes any bytes, ``parse_peer_id`` checks them)."""
+    text = ID(raw).to_base58()
     try:
-        return ID(raw).to_base58()
-    except Exception:
+        parse_peer_id(text)
+    except ValueError:
         raise ValueError(f"{field}: not a peer ID") from None
+    return text
 
 
 def _vouch_statement(vouch: pb.Vouch) -> VouchStatement:

@@ -313,6 +313,15 @@ class IndicatorStream:
             return self._sealing.open(message, tlp)
         return pb.Batch.FromString(message.data)
 
+    def _checked_batch(self, message: rpc_pb2.Message, tlp: int) -> pb.Batch:
+        """The valid batch of a message of ``tlp``'s topic, live or from catch-up.
+
+        Raises NotForUs (sealed for others), SealError, DecodeError or IndicatorError.
+        """
+        batch = self._batch_of(message, tlp)
+        validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
+        return batch
+
     def _finish(self, tlp: int, error: str | None) -> None:
         for request in self._waiting.pop(tlp, []):
             request.error = request.error or error
@@ -367,8 +376,7 @@ class IndicatorStream:
         if not signature_validator(message):
             return Ingested.INVALID
         try:
-            batch = self._batch_of(message, topic.tlp)
-            validate_batch(batch, topic_tlp=topic.tlp, now_ms=self._wall_ms())
+            batch = self._checked_batch(message, topic.tlp)
         except NotForUs:
             return Ingested.NOT_FOR_US
         except (IndicatorError, DecodeError, SealError):
@@ -392,8 +400,7 @@ class IndicatorStream:
                 # were validated when they were published (Node.publish), so skip the repeat.
                 return True
             try:
-                batch = self._batch_of(message, tlp)
-                validate_batch(batch, topic_tlp=tlp, now_ms=self._wall_ms())
+                self._checked_batch(message, tlp)
             except NotForUs as error:
                 # We are not among its recipients: nobody's fault, and not ours to forward.
                 self.counters.sealed_not_for_us += 1

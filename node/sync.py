@@ -48,6 +48,7 @@ from threatmesh.node.sync_policy import (
     PAGE_MAX_MESSAGES,
     SyncRequestError,
     check_range,
+    gap_sources,
     page,
     ranges_to_fetch,
 )
@@ -64,6 +65,7 @@ SERVE_PARALLEL_PER_PEER = 2
 MAX_HEADS = 4096  # origins in one SyncHeads answer
 CATCH_UP_PARALLEL = 4
 CATCH_UP_MIN_INTERVAL_S = 1.0  # per peer: a heads request is cheap; joins are what trigger it
+MAX_REMEMBERED_PEERS = 4096  # when catch-up last ran with a peer (pruned beyond this)
 CATCH_UP_QUEUE = 256  # peers waiting for a catch-up; more are dropped (they come back later)
 GAP_GRACE_S = 2.0
 MAX_PAGES_PER_RANGE = 1_000
@@ -170,7 +172,15 @@ class Sync:
     async def _catch_up_worker(self) -> None:
         async for peer in self._queue_receive:
             self._queued.discard(peer)
-            self._last_catch_up[peer] = trio.current_time()
+            now = trio.current_time()
+            if len(self._last_catch_up) >= MAX_REMEMBERED_PEERS:
+                # Only the last CATCH_UP_MIN_INTERVAL_S matter: forget the older ones.
+                self._last_catch_up = {
+                    p: t
+                    for p, t in self._last_catch_up.items()
+                    if now - t < CATCH_UP_MIN_INTERVAL_S
+                }
+            self._last_catch_up[peer] = now
             try:
                 await self.catch_up(peer)
             except SyncError as error:
@@ -210,15 +220,8 @@ class Sync:
         if not seqs.missing:
             return
         highest = await trio.to_thread.run_sync(self._store.last_seq, origin_text)
-        connected = set(self._pubsub.peers)
-        sources = [origin] if origin in connected else []
-        sources += [
-            peer
-            for peer in (ID.from_base58(text) for text in self.preferred_sources())
-            if peer in connected and peer not in sources
-        ]
-        sources += [peer for peer in connected if peer not in sources][:3]
-        for source in sources:
+        preferred = [ID.from_base58(text) for text in self.preferred_sources()]
+        for source in gap_sources(origin, self._pubsub.peers, preferred):
             try:
                 await self._fetch_missing(source, origin, highest)
             except SyncError as error:

@@ -19,7 +19,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from google.protobuf.message import DecodeError
 from libp2p.peer.id import ID
@@ -117,3 +117,16 @@ def ranges_to_fetch(
         bounded.append((first, last))
         budget -= last - first + 1
     return bounded
+
+
+def gap_sources(
+    origin: ID, connected: Iterable[ID], preferred: Iterable[ID], *, others: int = 3
+) -> list[ID]:
+    """Whom to ask for an origin's missing batches, in order: the origin itself if connected,
+    then the preferred peers (supernodes: a longer history) that are connected, then at most
+    ``others`` other connected peers."""
+    connected = list(connected)
+    sources = [origin] if origin in connected else []
+    sources += [peer for peer in preferred if peer in connected and peer not in sources]
+    sources += [peer for peer in connected if peer not in sources][:others]
+    return sources

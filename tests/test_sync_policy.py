@@ -15,6 +15,7 @@ from threatmesh.node.sync_policy import (
     PAGE_MAX_MESSAGES,
     SyncRequestError,
     check_range,
+    gap_sources,
     may_give,
     page,
     ranges_to_fetch,
@@ -125,3 +126,11 @@ def test_ranges_to_fetch_is_bounded() -> None:
     many = ranges_to_fetch(missing=scattered, highest_stored=10**6, their_highest=10**6)
     assert len(many) == MAX_RANGES_PER_ROUND
     assert sum(last - first + 1 for first, last in many) <= MAX_SEQS_PER_ROUND
+
+
+def test_gap_sources_ask_the_origin_then_supernodes_then_a_few_others() -> None:
+    origin, super1, super2, a, b, c, d = (_id() for _ in range(7))
+    connected = [a, super2, b, origin, c, d]
+    assert gap_sources(origin, connected, [super1, super2])[:2] == [origin, super2]
+    assert len(gap_sources(origin, connected, [super1, super2])) == 2 + 3
+    assert gap_sources(origin, [a, b], [super1]) == [a, b]  # neither origin nor supernodes
