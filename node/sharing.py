@@ -119,7 +119,8 @@ class Sharing:
         self._wall_ms = wall_ms
         self._levels: dict[ID, int] = {}
         self._status_listener: StatusListener | None = None
-        self._sealable_cache: dict[ID, bool] = {}  # bounded by the trust file's entry limit
+        # Bounded by the trust file's entry limit: cleared whenever the file is reloaded.
+        self._sealable_cache: dict[ID, bool] = {}
         self.counters = SharingCounters()
         # Gate from the first peer on: nobody connects before the node runs, so no peer's
         # subscription needs revisiting here (set_audience does that at run time).
@@ -216,6 +217,7 @@ class Sharing:
                 log.warning("trust file not applied; keeping the last good one", error=reload.error)
                 continue
             self._trust = reload.book
+            self._sealable_cache.clear()  # only peers in the current trust file are kept
             self.counters.trust_reloads += 1
             log.info("trust file reloaded", entries=len(reload.book))
             await self._apply()
