@@ -29,7 +29,18 @@ threat-intel firehose is fixed here, and only here (file:line are for libp2p 0.8
   RPC that takes an outbound queue slot, to every mesh peer for every message, our own
   publishes and the peer that sent it to us included. That halves the queue under a burst.
   Ours follows go-libp2p: only for received messages of at least ``idontwant_min_bytes``, not to
-  the forwarder or the origin, and never to a peer whose queue is above the watermark.
+  the forwarder or the origin, never to a peer whose queue is above the watermark, and on
+  arrival, before validation (upstream waits until the message is validated and forwarded,
+  by which time the other mesh peers have sent their copies). Upstream also checks a peer's
+  IDONTWANTs only when a message is queued for it; ``write_msg`` checks again when the queued
+  copy is written, which under load is much later (a batch is ~400 KB; each copy not sent
+  saves the peer reading, decrypting and parsing it).
+- Signed peer records. Upstream attaches our signed peer record (``env_to_send_in_RPC``) to
+  every RPC it sends, and the receiver verifies its signature for every RPC it reads
+  (``maybe_consume_signed_record``, ``pubsub.py:565``): a public-key verification per
+  IDONTWANT, IHAVE or message, ~11 % of a relaying node's CPU at 20 batches/s. go-libp2p
+  sends none in pubsub RPCs. Ours goes once per stream and then every
+  ``SENDER_RECORD_REFRESH_S`` (the receiver keeps it for 2 h), and is cut from other RPCs.
 - Message IDs. Content-addressed (``message_id``: SHA-256 of the data, DESIGN "Wire
   protocol"). ``MessageCache.put`` (``mcache.py:73``) ignores the configured ID and keys on
   from+seqno, so IHAVE/IWANT would use other IDs than the seen cache; ``attach`` replaces it.
@@ -99,6 +110,8 @@ import trio
 from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import env_to_send_in_RPC
+from libp2p.pubsub.exceptions import NoPubsubAttached
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.mcache import CacheEntry, MessageCache
 from libp2p.pubsub.pb import rpc_pb2
@@ -119,6 +132,13 @@ log = logging.getLogger(__name__)
 
 # Highest first: multistream-select takes the first one both sides speak.
 PROTOCOLS: tuple[TProtocol, ...] = (PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID)
+
+# How often a peer's stream carries our signed peer record again (see the module docstring);
+# receivers keep one for 7,200 s (pubsub/utils.py).
+SENDER_RECORD_REFRESH_S = 600.0
+# Message IDs remembered by (origin, seqno, signature) for the write-time IDONTWANT check, so a
+# 400 KB batch is hashed once, not once per peer; FIFO, a few seconds of a busy stream.
+_WRITE_ID_CACHE = 1024
 
 # What an RPC adds around our payload: signature and public key (up to ~1.1 KiB for RSA-4096),
 # origin ID, seqno, topic, the signed peer record py-libp2p attaches to every RPC (~0.5 KiB).
@@ -190,6 +210,8 @@ class GossipCounters:
     withheld_messages: int = 0  # messages of a topic not sent to a peer not trusted for it
     withheld_subscriptions: int = 0  # SUBSCRIBEs ignored: the peer is not trusted for the topic
     withheld_grafts: int = 0  # GRAFTs answered with PRUNE for the same reason
+    duplicate_messages: int = 0  # copies received of a message already seen (mesh redundancy)
+    unwanted_cut: int = 0  # queued copies not sent: the peer said IDONTWANT meanwhile
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -408,6 +430,8 @@ class ThreatmeshGossipSub(GossipSub):
     async def flush_pending_messages(self, peer_id: ID) -> None:
         # The first point where pubsub.peers[peer_id] exists; see the module docstring.
         self._track_remote_ip(peer_id)
+        if isinstance(self.pubsub, ThreatmeshPubsub):
+            self.pubsub.hello_sent(peer_id)  # it carried our signed peer record
         await super().flush_pending_messages(peer_id)
 
     def _track_remote_ip(self, peer_id: ID) -> None:
@@ -431,16 +455,24 @@ class ThreatmeshGossipSub(GossipSub):
                 await self.emit_prune(topic, peer_id, self.do_px, False)
         await super()._emit_control_msgs(peers_to_graft, peers_to_prune, peers_to_gossip)
 
-    async def publish(self, msg_forwarder: ID, pubsub_msg: rpc_pb2.Message) -> None:
-        await self._send_idontwant(msg_forwarder, pubsub_msg)
-        await super().publish(msg_forwarder, pubsub_msg)
+    async def emit_control_message(self, control_msg: rpc_pb2.ControlMessage, to_peer: ID) -> None:
+        # Upstream (2148) also attaches our signed peer record to each one; write_msg adds it
+        # when the peer's stream is due for one (see the module docstring).
+        if self.pubsub is None:
+            raise NoPubsubAttached
+        packet = rpc_pb2.RPC()
+        packet.control.CopyFrom(control_msg)
+        self.send_rpc(to_peer, packet, priority=True)
 
     async def _emit_idontwant_for_message(self, msg_id: bytes, topic_ids: Iterable[str]) -> None:
-        """Upstream's IDONTWANT, called without the forwarder; replaced by ``_send_idontwant``."""
+        """Upstream's IDONTWANT, called without the forwarder; replaced by ``send_idontwant``."""
         return None
 
-    async def _send_idontwant(self, forwarder: ID, msg: rpc_pb2.Message) -> None:
-        """IDONTWANT per GossipSub v1.2, as go-libp2p sends it (see the module docstring)."""
+    async def send_idontwant(self, forwarder: ID, msg: rpc_pb2.Message) -> None:
+        """IDONTWANT per GossipSub v1.2, as go-libp2p sends it (see the module docstring).
+
+        Called by ``ThreatmeshPubsub.push_msg`` when a message arrives, before validation.
+        """
         pubsub = self.pubsub
         if pubsub is None or forwarder == pubsub.my_id:
             return
@@ -495,6 +527,11 @@ class ThreatmeshPubsub(Pubsub):
         self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # When each stream last carried our signed peer record (see _set_sender_record).
+        self._record_sent: weakref.WeakKeyDictionary[INetStream, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._write_ids: dict[bytes, bytes] = {}
         # Subscriptions withheld by the audience, per peer (bounded by the peer's
         # subscription limit); taken in by set_audience when the peer becomes allowed.
         self._withheld: dict[ID, set[str]] = {}
@@ -546,6 +583,10 @@ class ThreatmeshPubsub(Pubsub):
         super()._handle_dead_peer(peer_id)
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        if self._is_msg_seen(msg):  # upstream returns here too (pubsub.py:1729), uncounted
+            self.counters.duplicate_messages += 1
+            return
+        await self.gossip.send_idontwant(msg_forwarder, msg)
         try:
             await super().push_msg(msg_forwarder, msg)
         except IgnoreMessage:
@@ -701,16 +742,68 @@ class ThreatmeshPubsub(Pubsub):
         self.counters.withheld_messages += cut
         if kept is None:
             return True  # nothing left to send; False would mark the peer dead
-        rpc_msg = kept
         lock = self._write_locks.get(stream)
         if lock is None:
             lock = self._write_locks[stream] = trio.Lock()
         async with lock:
-            ok = await super().write_msg(stream, rpc_msg)
+            # The RPC may be shared with other peers' queues: the record is set or cleared
+            # per stream right before upstream serialises it (no await in between).
+            wanted = self._without_unwanted(peer, kept)
+            if wanted is None:
+                return True
+            self._set_sender_record(stream, wanted)
+            ok = await super().write_msg(stream, wanted)
         # Every write follows a pop from some queue: wake publishers waiting for room.
         self._queue_progress.set()
         self._queue_progress = trio.Event()
         return ok
+
+    def _without_unwanted(self, peer: ID, rpc: rpc_pb2.RPC) -> rpc_pb2.RPC | None:
+        """``rpc`` without the messages ``peer`` sent IDONTWANT for since they were queued."""
+        unwanted = self.gossip.dont_send_message_ids.get(peer)
+        if not unwanted or not rpc.publish:
+            return rpc
+        keep = [m for m in rpc.publish if self._write_id(m) not in unwanted]
+        cut = len(rpc.publish) - len(keep)
+        if not cut:
+            return rpc
+        self.counters.unwanted_cut += cut
+        out = rpc_pb2.RPC()
+        out.CopyFrom(rpc)
+        del out.publish[:]
+        out.publish.extend(keep)
+        if not out.publish and not out.subscriptions and not out.HasField("control"):
+            return None
+        return out
+
+    def _write_id(self, msg: rpc_pb2.Message) -> bytes:
+        # Keyed by signature: what reaches write_msg was signed (StrictSign) and validated, or
+        # is ours, and one signature covers one payload.
+        key = msg.signature
+        msg_id = self._write_ids.get(key)
+        if msg_id is None:
+            msg_id = self._write_ids[key] = message_id(msg)
+            if len(self._write_ids) > _WRITE_ID_CACHE:
+                del self._write_ids[next(iter(self._write_ids))]
+        return msg_id
+
+    def hello_sent(self, peer_id: ID) -> None:
+        """Upstream's hello (``get_hello_packet``, written before the peer's stream is known
+        here) carried our signed peer record: count it as the stream's first."""
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            self._record_sent[stream] = trio.current_time()
+
+    def _set_sender_record(self, stream: INetStream, rpc: rpc_pb2.RPC) -> None:
+        """Our signed peer record on the stream's first RPC and then every refresh interval."""
+        now = trio.current_time()
+        last = self._record_sent.get(stream)
+        if last is None or now - last >= SENDER_RECORD_REFRESH_S:
+            if not rpc.HasField("senderRecord"):
+                rpc.senderRecord, _ = env_to_send_in_RPC(self.host)
+            self._record_sent[stream] = now
+        elif rpc.HasField("senderRecord"):
+            rpc.ClearField("senderRecord")
 
 
 def build_pubsub(host: IHost, settings: GossipSettings) -> ThreatmeshPubsub:

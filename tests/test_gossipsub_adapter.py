@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import libp2p.pubsub.pubsub as libp2p_pubsub
 import pytest
 import trio
 from libp2p.abc import ISubscriptionAPI
@@ -454,6 +455,56 @@ async def test_idontwant_only_for_received_large_messages_and_not_back_to_the_se
     await a.pubsub.publish(TOPIC, b"small")
     assert await receive(c_sub, 2) == [bytes(2048), b"small"]
     assert sent == [("b", c.id)]
+
+
+async def test_a_queued_copy_the_peer_said_idontwant_for_is_not_written(net: Net) -> None:
+    a, b, subscription = await subscribed_pair(net)
+    unwanted = a.pubsub.sign(TOPIC, b"unwanted" * 200)
+    # As if b's IDONTWANT arrived after the copy was queued for it: the write skips it.
+    a.router.dont_send_message_ids.setdefault(b.id, set()).add(message_id(unwanted))
+    stream = a.pubsub.peers[b.id]
+    assert await a.pubsub.write_msg(stream, rpc_pb2.RPC(publish=[unwanted]))
+    await a.pubsub.publish(TOPIC, b"wanted")
+    assert await receive(subscription, 1) == [b"wanted"]
+    assert a.pubsub.counters.unwanted_cut == 1
+
+
+async def test_our_signed_peer_record_goes_once_per_stream_not_with_every_rpc(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carried: list[ID] = []
+    consume = libp2p_pubsub.maybe_consume_signed_record
+
+    def spy(msg: rpc_pb2.RPC, host: object, peer_id: ID) -> bool:
+        if msg.HasField("senderRecord"):
+            carried.append(peer_id)
+        return consume(msg, host, peer_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(libp2p_pubsub, "maybe_consume_signed_record", spy)
+    a, b, subscription = await subscribed_pair(net)
+    payloads = [b"message %d" % i for i in range(20)]
+    for payload in payloads:
+        await a.pubsub.publish(TOPIC, payload)
+    assert await receive(subscription, 20) == payloads
+    # Upstream attaches it to all of them (and to every control RPC): 20+ verifications.
+    assert carried.count(a.id) == 1
+    assert b.pubsub.host.get_peerstore().get_peer_record(a.id) is not None
+
+
+async def test_copies_of_a_seen_message_are_counted(net: Net) -> None:
+    a, b, c = await net.start(), await net.start(), await net.start()
+    for peer in (a, b, c):
+        await peer.pubsub.subscribe(TOPIC)
+    for dialer, listener in ((b, a), (c, a), (c, b)):
+        await net.connect(dialer, listener)
+    for peer, other in ((a, b), (a, c), (b, c), (c, b)):
+        await peer.pubsub.wait_for_mesh(other.id, TOPIC)
+    await a.pubsub.publish(TOPIC, b"small, so no IDONTWANT")  # b and c forward it to each other
+    await wait_until(
+        lambda: b.pubsub.counters.duplicate_messages + c.pubsub.counters.duplicate_messages >= 1,
+        timeout_s=5,
+    )
+    assert a.pubsub.counters.duplicate_messages == 0
 
 
 # Message size -------------------------------------------------------------------------------

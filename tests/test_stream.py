@@ -8,6 +8,7 @@ import socket
 import httpx
 import pytest
 import trio
+import trio.testing
 from kit import Swarm, wait_until
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -16,7 +17,7 @@ from multiaddr import Multiaddr
 from threatmesh.identity import TrustStore
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node
-from threatmesh.node.stream import Received, StreamError
+from threatmesh.node.stream import Received, StreamError, Subscription
 from threatmesh.pubsub.indicators import IndicatorError
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.pubsub.topics import tlp_topic
@@ -227,3 +228,48 @@ async def test_a_peer_that_failed_a_dial_is_dialled_again_at_once(swarm: Swarm) 
     await swarm.start("b", listen=(f"/ip4/127.0.0.1/tcp/{port}",))
     await connect(a.host, b_addr, timeout_s=5)
     assert a.peers() == [peer_id.to_base58()]
+
+
+def _indicators(count: int, prefix: str) -> list[pb.Indicator]:
+    return [
+        pb.Indicator(itype=pb.ITYPE_FQDN, value=f"{prefix}{index}.example")
+        for index in range(count)
+    ]
+
+
+async def test_a_subscription_yields_batches_in_order_and_counts_what_overflows() -> None:
+    subscription = Subscription(frozenset({pb.TLP_CLEAR}), buffer=5)
+    assert subscription.offer_batch(_indicators(3, "a"), "origin-a", 1) == 0
+    assert subscription.offer_batch(_indicators(4, "b"), "origin-b", 7) == 2  # room for 2
+    got = [await subscription.receive() for _ in range(5)]
+    assert [(r.indicator.value, r.origin, r.seq) for r in got] == [
+        ("a0.example", "origin-a", 1),
+        ("a1.example", "origin-a", 1),
+        ("a2.example", "origin-a", 1),
+        ("b0.example", "origin-b", 7),
+        ("b1.example", "origin-b", 7),
+    ]
+    assert subscription.dropped == 2
+    # Reading made room again.
+    assert subscription.offer_batch(_indicators(5, "c"), "origin-c", 2) == 0
+    subscription.close()
+    assert [item async for item in subscription] == []
+    assert subscription.offer_batch(_indicators(1, "d"), "origin-d", 3) == 0
+
+
+async def test_a_waiting_subscriber_wakes_for_a_batch_and_ends_when_closed() -> None:
+    subscription = Subscription(frozenset({pb.TLP_CLEAR}), buffer=10)
+    got: list[str] = []
+
+    async def read() -> None:
+        async for item in subscription:
+            got.append(item.indicator.value)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            subscription.offer_batch(_indicators(2, "w"), "origin", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == ["w0.example", "w1.example"]
+            subscription.close()
