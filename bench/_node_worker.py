@@ -14,7 +14,7 @@ stdout (logs go to stderr, level warning).
 Commands:
 
 - ``{"cmd": "mesh"}``: connected peers (IDs and count), peers subscribed to the bench topic,
-  mesh size.
+  mesh size and D_lo.
 - ``{"cmd": "publish", "phase": "max"|"lat", "start_at": WALL_S, "seconds": S, "count": N,
   "rate": R|null, "concurrency": K, "chunk": C}``: answers at once; from ``start_at`` it
   publishes up to ``count`` indicators for at most ``seconds``, either as fast as
@@ -207,6 +207,7 @@ class Worker:
             "peers": len(self.node.peers()),
             "topic_peers": len(self.node.pubsub.peer_topics.get(TOPIC, ())),
             "mesh": len(self.node.pubsub.gossip.mesh.get(TOPIC, ())),
+            "mesh_low": self.node.pubsub.gossip.degree_low,
         }
 
     def stats(self, with_hist: bool) -> dict[str, Any]:

@@ -451,9 +451,11 @@ async def test_idontwant_only_for_received_large_messages_and_not_back_to_the_se
             sent.append((name, to_peer))
 
         monkeypatch.setattr(peer.router, "emit_idontwant", spy)
-    await a.pubsub.publish(TOPIC, bytes(2048))
-    await a.pubsub.publish(TOPIC, b"small")
-    assert await receive(c_sub, 2) == [bytes(2048), b"small"]
+    large = bytes(GossipSettings().idontwant_min_bytes)
+    small = large[:-1]
+    await a.pubsub.publish(TOPIC, large)
+    await a.pubsub.publish(TOPIC, small)
+    assert await receive(c_sub, 2) == [large, small]
     assert sent == [("b", c.id)]
 
 
