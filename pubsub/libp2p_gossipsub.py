@@ -105,6 +105,7 @@ Running it: Pubsub and the router are py-libp2p "services"; ``running_pubsub`` s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -115,8 +116,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import IOException, MessageTooLarge
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.stream.exceptions import StreamEOF, StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.exceptions import NoPubsubAttached
@@ -127,8 +132,10 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.pubsub.subscription import TrioSubscriptionAPI
+from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.varint import read_varint_prefixed_bytes_limited
 
 # trio's own TaskStatus type is hidden from mypy by the trio-stubs package that py-libp2p
 # pulls in (trio-typing); its TaskStatus is the same protocol.
@@ -589,6 +596,55 @@ class ThreatmeshPubsub(Pubsub):
     def _handle_dead_peer(self, peer_id: ID) -> None:
         self._withheld.pop(peer_id, None)
         super()._handle_dead_peer(peer_id)
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        """Upstream's read loop (``pubsub.py:547``), handling each message before the next read.
+
+        Upstream spawns a py-libp2p service task per received message (``manager.run_task``,
+        which also names it through a lazy import and files it in a task tree): ~10 % of a
+        relaying node's CPU at 20 batches/s, and no bound on how many wait, so a fast peer
+        can pile up messages (and memory) faster than we validate them. Here a peer's next
+        RPC is read only once its messages were handled; a slow node slows its peers'
+        streams (flow control) instead of buffering. ``push_msg`` does not wait on other
+        peers: forwarding and local delivery enqueue and count drops, never block.
+        Upstream's metrics events (``stream.metric_send_channel``) are not produced.
+        """
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            while self.manager.is_running:
+                incoming = await read_varint_prefixed_bytes_limited(
+                    stream, self.max_inbound_rpc_size
+                )
+                rpc = rpc_pb2.RPC.FromString(incoming)
+                if rpc.HasField("senderRecord") and not maybe_consume_signed_record(
+                    rpc, self.host, peer_id
+                ):
+                    log.debug("RPC with an invalid signed peer record from %s ignored", peer_id)
+                    continue
+                for msg in rpc.publish:
+                    if self._is_subscribed_to_msg(msg):
+                        await self.push_msg(peer_id, msg)
+                if rpc.subscriptions:
+                    if len(rpc.subscriptions) > self.max_subscriptions_per_rpc:
+                        log.warning(
+                            "%s sent %d subscriptions in one RPC (limit %d); ignored",
+                            peer_id,
+                            len(rpc.subscriptions),
+                            self.max_subscriptions_per_rpc,
+                        )
+                    else:
+                        for sub_opts in rpc.subscriptions:
+                            self.handle_subscription(peer_id, sub_opts)
+                if rpc.HasField("control"):
+                    await self.router.handle_rpc(rpc, peer_id)
+        except (MessageTooLarge, DecodeError) as error:
+            # Upstream resets for an oversized RPC; an undecodable one is as broken.
+            log.warning("pubsub stream of %s reset: %s", peer_id, error)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+        except (StreamEOF, StreamError, IOException, RawConnError):
+            pass  # the stream or connection closed: upstream ends the loop quietly too
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         if self._is_msg_seen(msg):  # upstream returns here too (pubsub.py:1729), uncounted

@@ -17,16 +17,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import libp2p.pubsub.pubsub as libp2p_pubsub
 import pytest
 import trio
 from libp2p.abc import ISubscriptionAPI
+from libp2p.network.stream.exceptions import StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.utils import encode_varint_prefixed
 from trio_typing import TaskStatus
 
+import threatmesh.pubsub.libp2p_gossipsub as adapter
 from threatmesh.identity import generate_identity
 from threatmesh.pubsub.libp2p_gossipsub import (
     PROTOCOLS,
@@ -332,6 +334,18 @@ async def test_an_unsigned_message_is_not_delivered(net: Net) -> None:
     assert await receive_until(subscription, b"signed") == [b"signed"]
 
 
+async def test_an_undecodable_rpc_resets_the_stream_and_the_node_goes_on(net: Net) -> None:
+    a, b, subscription = await subscribed_pair(net)
+    c = await net.start()
+    await net.connect(c, b)
+    stream = await c.pubsub.host.new_stream(b.id, [PROTOCOLS[0]])
+    await stream.write(encode_varint_prefixed(b"\xff" * 32))  # not an RPC
+    with trio.fail_after(5), pytest.raises(StreamReset):
+        await stream.read()  # b reset the stream
+    await a.pubsub.publish(TOPIC, b"still delivered")
+    assert await receive(subscription, 1) == [b"still delivered"]
+
+
 # Backpressure -------------------------------------------------------------------------------
 
 
@@ -475,14 +489,14 @@ async def test_our_signed_peer_record_goes_once_per_stream_not_with_every_rpc(
     net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     carried: list[ID] = []
-    consume = libp2p_pubsub.maybe_consume_signed_record
+    consume = adapter.maybe_consume_signed_record
 
     def spy(msg: rpc_pb2.RPC, host: object, peer_id: ID) -> bool:
         if msg.HasField("senderRecord"):
             carried.append(peer_id)
         return consume(msg, host, peer_id)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(libp2p_pubsub, "maybe_consume_signed_record", spy)
+    monkeypatch.setattr(adapter, "maybe_consume_signed_record", spy)
     a, b, subscription = await subscribed_pair(net)
     payloads = [b"message %d" % i for i in range(20)]
     for payload in payloads:
