@@ -19,12 +19,15 @@ from typing import Any
 
 import pytest
 import trio
+from google.protobuf.message import DecodeError
 from libp2p.abc import ISubscriptionAPI
-from libp2p.network.stream.exceptions import StreamReset
+from libp2p.io.exceptions import MessageTooLarge
+from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils import encode_varint_prefixed
 from trio_typing import TaskStatus
 
@@ -34,6 +37,7 @@ from threatmesh.pubsub.libp2p_gossipsub import (
     PROTOCOLS,
     GossipSettings,
     PublishError,
+    RpcReader,
     ThreatmeshGossipSub,
     ThreatmeshPubsub,
     build_pubsub,
@@ -344,6 +348,66 @@ async def test_an_undecodable_rpc_resets_the_stream_and_the_node_goes_on(net: Ne
         await stream.read()  # b reset the stream
     await a.pubsub.publish(TOPIC, b"still delivered")
     assert await receive(subscription, 1) == [b"still delivered"]
+
+
+async def test_reading_an_rpc_sends_at_most_one_yamux_window_update(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates = 0
+    send_window_update = YamuxStream.send_window_update
+
+    async def counting(self: YamuxStream, *args: Any, **kwargs: Any) -> None:
+        nonlocal updates
+        updates += 1
+        await send_window_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counting)
+    a, _, subscription = await subscribed_pair(net)
+    before = updates
+    payloads = [b"m%d" % i * 100 for i in range(50)]  # ~10 KB in all, far below half a window
+    for payload in payloads:
+        await a.pubsub.publish(TOPIC, payload)
+    assert await receive(subscription, 50) == payloads
+    # Upstream's read loop reads the length byte by byte and then the body, and yamux sends
+    # an update after every read: 150+ here. Ours reads each RPC at once: at most one each.
+    assert updates - before <= len(payloads)
+
+
+class _Chunks:
+    """A stream that returns the given chunks, one per read, then end of stream."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.reads = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        self.reads += 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+async def test_rpc_reader_cuts_rpcs_from_chunks_as_they_arrive() -> None:
+    big = bytes(300)  # a two-byte length prefix
+    wire = b"".join(encode_varint_prefixed(rpc) for rpc in (b"one", b"", big, b"four"))
+    stream = _Chunks(wire[:2], wire[2:9], wire[9:])  # splits a prefix and a body
+    reader = RpcReader(stream, limit=1000)  # type: ignore[arg-type]
+    assert [await reader.next() for _ in range(4)] == [b"one", b"", big, b"four"]
+    assert stream.reads == 3
+    with pytest.raises(StreamEOF):
+        await reader.next()
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        (encode_varint_prefixed(bytes(1001)), MessageTooLarge),  # refused before the body
+        (b"\xff" * 11, DecodeError),  # a length prefix that never ends
+        (encode_varint_prefixed(b"cut short")[:5], StreamEOF),
+    ],
+)
+async def test_rpc_reader_refuses_what_is_not_an_rpc(wire: bytes, error: type[Exception]) -> None:
+    reader = RpcReader(_Chunks(wire), limit=1000)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        await reader.next()
 
 
 # Backpressure -------------------------------------------------------------------------------
