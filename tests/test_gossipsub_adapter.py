@@ -27,6 +27,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 from libp2p.utils import encode_varint_prefixed
 from trio_typing import TaskStatus
@@ -616,3 +617,36 @@ async def test_run_pubsub_can_be_started_in_a_nursery() -> None:
             await nursery.start(run_pubsub, pubsub)
         assert pubsub.gossip.manager.is_running
         nursery.cancel_scope.cancel()
+
+
+async def test_forwarded_messages_are_not_kept_whole_for_the_equivocation_check(net: Net) -> None:
+    a, b, subscription = await subscribed_pair(net)
+    payloads = [bytes([i]) * 50_000 for i in range(5)]
+    for payload in payloads:
+        await a.pubsub.publish(TOPIC, payload)
+    assert await receive(subscription, 5) == payloads
+    # Upstream keeps up to 1,000 whole messages here.
+    assert a.router.equivocation_detection == {}
+    assert b.router.equivocation_detection == {}
+
+
+async def test_other_content_under_a_seen_seqno_is_not_forwarded(net: Net) -> None:
+    a, b, _ = await subscribed_pair(net)
+    c = await net.start()
+    c_subscription = await c.pubsub.subscribe(TOPIC)
+    await net.connect(c, b)
+    await b.pubsub.wait_for_mesh(c.id, TOPIC)
+    first = a.pubsub.sign(TOPIC, b"first")
+    twin = rpc_pb2.Message(
+        data=b"other", topicIDs=[TOPIC], from_id=first.from_id, seqno=first.seqno
+    )
+    twin.signature = a.pubsub.sign_key.sign(  # type: ignore[union-attr]
+        PUBSUB_SIGNING_PREFIX.encode() + twin.SerializeToString()
+    )
+    twin.key = first.key
+    await a.pubsub.publish_message(first)
+    assert await receive(c_subscription, 1) == [b"first"]
+    a.router.send_rpc(b.id, rpc_pb2.RPC(publish=[twin]))
+    await a.pubsub.publish(TOPIC, b"after")
+    # b forwards neither the twin (upstream delivers it locally, as we do) nor keeps it.
+    assert await receive_until(c_subscription, b"after") == [b"after"]
