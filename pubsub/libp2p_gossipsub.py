@@ -934,7 +934,8 @@ class RpcReader:
             end = start + length
             if len(self._buffer) < end:
                 return None
-            frame = bytes(self._buffer[start:end])
+            with memoryview(self._buffer) as view:  # one copy, not two (slice, then bytes)
+                frame = bytes(view[start:end])
             del self._buffer[:end]
             return frame
         if len(self._buffer) >= 10:
