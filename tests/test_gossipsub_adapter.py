@@ -411,6 +411,27 @@ async def test_rpc_reader_refuses_what_is_not_an_rpc(wire: bytes, error: type[Ex
         await reader.next()
 
 
+async def test_rpcs_queued_for_a_peer_go_out_in_one_write(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, subscription = await subscribed_pair(net)
+    stream = a.pubsub.peers[b.id]
+    writes = 0
+    write = stream.write
+
+    async def counting(data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        await write(data)
+
+    monkeypatch.setattr(stream, "write", counting)
+    payloads = [b"queued %d" % i for i in range(20)]
+    for payload in payloads:  # no await in between: all 20 wait in b's queue
+        a.router.send_rpc(b.id, rpc_pb2.RPC(publish=[a.pubsub.sign(TOPIC, payload)]))
+    assert await receive(subscription, 20) == payloads
+    assert writes == 1  # upstream: 20
+
+
 # Backpressure -------------------------------------------------------------------------------
 
 
