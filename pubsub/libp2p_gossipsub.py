@@ -43,6 +43,11 @@ threat-intel firehose is fixed here, and only here (file:line are for libp2p 0.8
   and in a swarm of 10 the mesh stayed at 9 (never over D_hi, so never pruned), so every
   node read each batch ~9 times. With D_hi 8 the mesh is pruned to D (6) and a node reads
   each batch ~5 times. D and D_lo keep the spec's values.
+- Per-RPC cost. Upstream reads a message's length prefix byte by byte, then its body (3-4
+  yamux reads, each returning window credit), spawns a service task per message, and writes
+  each queued RPC on its own. ``continuously_read_stream`` here cuts RPCs from chunks
+  (``RpcReader``) and handles each message before reading on (flow control instead of a pile
+  of tasks); ``handle_sending_messages`` writes what a peer's queue holds in one write.
 - Equivocation check. ``_check_equivocation`` (2908) keeps every forwarded message whole,
   keyed by origin and seqno, to compare the next one with the same key; its cleanup (3541)
   trims to 500 only past 1,000 — up to 1,000 batches of up to 1 MiB held for nothing. Ours
