@@ -257,12 +257,14 @@ def confidence_from_input(raw: object) -> int:
 
 # Whole batches ------------------------------------------------------------------------------
 # ``validate_batch`` checks each field over a whole batch at once, one column of values per
-# field. Each function here answers exactly what the per-indicator checks above (and
-# ``validate_indicator``'s canonical-form checks) answer for every element, True when all pass,
-# without a Python call per element: counts, lengths and bounds with map/min/max; characters
-# over the column joined (joining adds none, so a forbidden one found is in some element).
-# ASCII text, the common case, is checked by deleting its allowed bytes (bytes.translate):
-# what is left is forbidden. Other text goes to the regular expressions above.
+# field (``indicator_columns``). Each function here answers exactly what the per-indicator
+# checks above (and ``validate_indicator``'s canonical-form checks) answer for every element,
+# True when all pass, without a Python call per element: counts, lengths and bounds with
+# map/min/max; characters over the column joined (joining adds none, so a forbidden one found
+# is in some element). ASCII text, the common case, is checked by deleting its allowed bytes
+# (bytes.translate): what is left is forbidden. Other text goes to the regular expressions
+# above. Tags and references come as one string per indicator (``_elements``), providers and
+# lists repeat over a batch: each distinct one is checked once.
 
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))  # for ASCII, "not _CONTROL"
 _DESCRIPTION_ASCII = _PRINTABLE_ASCII + b"\t\n\r"  # for ASCII, "not _CONTROL_EXCEPT_LINES"
@@ -278,21 +280,43 @@ def _ascii_within(text: str, allowed: bytes) -> bool:
     return text.isascii() and not text.encode("ascii").translate(None, allowed)
 
 
-def _no_element_twice(lists: Sequence[Sequence[str]], counts: list[int]) -> bool:
-    """Whether no list (of ``counts`` elements each) has an element twice."""
-    return list(map(len, map(set, lists))) == counts
+def _elements(lists: Sequence[str], max_elements: int) -> list[str] | None:
+    """The elements of ``lists`` (of each distinct list), or None when a list has more than
+    ``max_elements``, an empty one, or one twice.
+
+    A list is one string, its elements each followed by a line break (``"c2\\nmalware\\n"``,
+    ``""`` for none), as ``indicator_columns`` reads them. A batch repeats a few lists over many
+    indicators, so each distinct one is looked at once.
+    """
+    distinct = set(lists)
+    text = "".join(distinct)
+    if text.startswith("\n") or "\n\n" in text:  # an empty element
+        return None
+    counts = list(map(str.count, distinct, itertools.repeat("\n")))
+    most = max(counts, default=0)
+    if most > max_elements:
+        return None
+    if most > 1:
+        # "a\nb\n".split("\n") is ["a", "b", ""]: one more distinct string than the list has
+        # elements, unless one is there twice.
+        pieces = map(str.split, distinct, itertools.repeat("\n"))
+        if list(map(len, map(set, pieces))) != [count + 1 for count in counts]:
+            return None
+    return text.split("\n")[:-1]
 
 
-def all_tags_pass(tag_lists: Sequence[Sequence[str]]) -> bool:
+def all_tags_pass(tag_lists: Sequence[str]) -> bool:
     """Whether every list of tags passes ``validate_indicator``: at most MAX_TAGS, none twice,
-    each within ``check_tag``'s bounds and canonical (not empty, stripped, lower case)."""
-    counts = list(map(len, tag_lists))
-    if not any(counts):
-        return True
-    if max(counts) > MAX_TAGS or not _no_element_twice(tag_lists, counts):
+    each within ``check_tag``'s bounds and canonical (not empty, stripped, lower case).
+
+    A list is one string, its tags each followed by a line break (``_elements``).
+    """
+    tags = _elements(tag_lists, MAX_TAGS)
+    if tags is None:
         return False
-    tags = list(itertools.chain.from_iterable(tag_lists))
-    if min(map(len, tags)) == 0 or max(map(len, tags)) > MAX_TAG_CHARS:
+    if not tags:
+        return True
+    if max(map(len, tags)) > MAX_TAG_CHARS:
         return False
     joined = "".join(tags)
     if _ascii_within(joined, _CANONICAL_TAG_ASCII):
@@ -305,11 +329,12 @@ def all_tags_pass(tag_lists: Sequence[Sequence[str]]) -> bool:
 def all_providers_pass(providers: list[str]) -> bool:
     """Whether every provider passes ``validate_indicator``: no surrounding spaces, and
     ``check_provider``."""
-    if max(map(len, providers), default=0) > MAX_PROVIDER_CHARS:
+    distinct = list(set(providers))  # a batch has a few providers, over many indicators
+    if max(map(len, distinct), default=0) > MAX_PROVIDER_CHARS:
         return False
-    if list(map(str.strip, providers)) != providers:
+    if list(map(str.strip, distinct)) != distinct:
         return False
-    joined = "".join(providers)
+    joined = "".join(distinct)
     return _ascii_within(joined, _PRINTABLE_ASCII) or not _CONTROL.search(joined)
 
 
@@ -321,17 +346,20 @@ def all_descriptions_pass(descriptions: Sequence[str]) -> bool:
     return _ascii_within(joined, _DESCRIPTION_ASCII) or not _CONTROL_EXCEPT_LINES.search(joined)
 
 
-def all_references_pass(reference_lists: Sequence[Sequence[str]]) -> bool:
+def all_references_pass(reference_lists: Sequence[str]) -> bool:
     """Whether every list of references passes ``validate_indicator``: at most MAX_REFERENCES,
-    none twice, each in canonical form (``canonical_reference`` returns it unchanged)."""
-    counts = list(map(len, reference_lists))
-    if not any(counts):
-        return True
-    if max(counts) > MAX_REFERENCES or not _no_element_twice(reference_lists, counts):
+    none twice, each in canonical form (``canonical_reference`` returns it unchanged).
+
+    A list is one string, its references each followed by a line break (``_elements``).
+    """
+    references = _elements(reference_lists, MAX_REFERENCES)
+    if references is None:
         return False
     # Feeds repeat a few report URLs over many indicators: each distinct one is checked once.
-    distinct = list(set(itertools.chain.from_iterable(reference_lists)))
-    return max(map(len, distinct)) <= MAX_REFERENCE_CHARS and all_canonical(distinct, pb.ITYPE_URL)
+    distinct = list(set(references))
+    if max(map(len, distinct), default=0) > MAX_REFERENCE_CHARS:
+        return False
+    return all_canonical(distinct, pb.ITYPE_URL)
 
 
 def all_times_pass(
@@ -340,12 +368,10 @@ def all_times_pass(
     """Whether ``check_times`` passes every (first_seen_ms, last_seen_ms, expires_ms)."""
     if not first_seen:
         return True
-    latest_ms = now_ms + MAX_CLOCK_SKEW_MS
-    if min(first_seen) < MIN_TIME_MS or min(last_seen) < MIN_TIME_MS:
-        return False
-    if max(first_seen) > latest_ms or max(last_seen) > latest_ms:
-        return False
     if not all(map(operator.le, first_seen, last_seen)):
+        return False
+    # So each last_seen is at least its first_seen, and each first_seen at most its last_seen.
+    if min(first_seen) < MIN_TIME_MS or max(last_seen) > now_ms + MAX_CLOCK_SKEW_MS:
         return False
     if not any(expires):  # 0: never expires
         return True

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -460,18 +461,28 @@ _CANONICALISERS: Mapping[int, Callable[[str], str]] = MappingProxyType(
 # A node checks every value of every batch it receives (``validate_batch``), and
 # ``canonical_value`` parses each one: 1-3 us for a hash, a name or a URL. Most values are in
 # the plain forms below, canonical by construction, which a pattern recognises in a fraction of
-# that (hashes: one pass over the batch's values joined). A plain form is only ever a value
-# that ``canonical_value`` returns unchanged (tests/test_indicators_bulk.py checks each
-# against it); anything else (IPv6, CIDR, IDNA names, URLs with a port or user, ...) is parsed
-# as before. So the answer is exactly canonical_value's, only sooner.
+# that. A plain form is only ever a value that ``canonical_value`` returns unchanged
+# (tests/test_indicators_bulk.py checks each against it); anything else (IPv6, CIDR, IDNA
+# names, URLs with a port or user, ...) is parsed as before. So the answer is exactly
+# canonical_value's, only sooner.
+#
+# A batch's values of one type are matched as one column, each value followed by a line break,
+# by one call of the pattern (``_PLAIN_COLUMNS``): each call has a fixed cost, about that of
+# matching a short value, which a column pays once. Only a column with some value not in plain
+# form is gone through value by value. Hashes need no pattern: one pass over the values joined
+# (``_all_lower_hex``).
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # no leading zero
 _PLAIN_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # _LDH_LABEL, at most 63 characters
+# _LDH_LABEL of at most 63 characters: 1 to 63 of [a-z0-9-], the first and last not "-". The
+# run is possessive (taken whole, never given back): a label ends at a "." or the name's end,
+# so giving back could not help a match, and trying would cost time on every label.
+_LABEL = r"(?!-)[a-z0-9-]{1,63}+(?<!-)"
+_END = r"(?:\n|\Z)"  # where a value ends: at the end of the text, or of its line in a column
 # Two or more labels, lower case, no trailing dot, the last not all digits (the end of a name
 # is the end of the value, or the "/" after a URL's host). Labels starting "xn--" are checked
-# to be punycode, so the callers leave every value with "xn--" to canonical_value.
-_PLAIN_NAME = rf"(?:{_LABEL}\.)+(?![0-9]+(?:/|\Z)){_LABEL}"
+# to be punycode, so values with "xn--" are left to canonical_value.
+_PLAIN_NAME = rf"(?:{_LABEL}\.)++(?![0-9]+(?:/|{_END})){_LABEL}"
 # Explicit classes, no \d or \w: without re.ASCII those match non-ASCII digits and letters.
 _PLAIN_IPV4_VALUE = re.compile(_PLAIN_IPV4)
 _PLAIN_NAME_VALUE = re.compile(_PLAIN_NAME)
@@ -481,40 +492,54 @@ _PLAIN_NAME_VALUE = re.compile(_PLAIN_NAME)
 _PLAIN_URL_VALUE = re.compile(
     rf"(?:{'|'.join(URL_SCHEMES)})://"
     rf"(?:{_PLAIN_IPV4}|(?=[a-z0-9.-]{{1,{MAX_FQDN_CHARS}}}/){_PLAIN_NAME})"
-    r"/[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]*"
+    r"/[^\s\x00-\x1f\x7f-\x9f\ud800-\udfff]*+"
 )
 # A dot-atom local part (_EMAIL_LOCAL) of at most MAX_EMAIL_LOCAL_CHARS, "@", a plain name.
 _PLAIN_EMAIL_VALUE = re.compile(
-    rf"(?=[^@]{{1,{MAX_EMAIL_LOCAL_CHARS}}}@){_EMAIL_LOCAL.pattern}@{_PLAIN_NAME}"
+    rf"(?=[^@\n]{{1,{MAX_EMAIL_LOCAL_CHARS}}}@){_EMAIL_LOCAL.pattern}@{_PLAIN_NAME}"
 )
 _PLAIN_ASN_VALUE = re.compile(r"AS[1-9][0-9]{0,9}")
 
+# The longest value in plain form, by type; a longer one is left to canonical_value.
+_MAX_PLAIN_CHARS: Mapping[int, int] = MappingProxyType(
+    {
+        pb.ITYPE_IPV4: len("255.255.255.255"),
+        pb.ITYPE_FQDN: MAX_FQDN_CHARS,
+        pb.ITYPE_URL: MAX_VALUE_CHARS,
+        pb.ITYPE_EMAIL: MAX_EMAIL_CHARS,
+    }
+)
+_PLAIN_VALUES: Mapping[int, re.Pattern[str]] = MappingProxyType(
+    {
+        pb.ITYPE_IPV4: _PLAIN_IPV4_VALUE,
+        pb.ITYPE_FQDN: _PLAIN_NAME_VALUE,
+        pb.ITYPE_URL: _PLAIN_URL_VALUE,
+        pb.ITYPE_EMAIL: _PLAIN_EMAIL_VALUE,
+    }
+)
+# The same patterns, for a column: every value followed by "\n".
+_PLAIN_COLUMNS: Mapping[int, re.Pattern[str]] = MappingProxyType(
+    {itype: re.compile(rf"(?:{pattern.pattern}\n)*") for itype, pattern in _PLAIN_VALUES.items()}
+)
 
-def _plain_ipv4(value: str) -> bool:
-    return _PLAIN_IPV4_VALUE.fullmatch(value) is not None
 
-
-def _plain_fqdn(value: str) -> bool:
+def _plain(value: str, itype: int) -> bool:
+    """Whether ``value`` is in the plain form of ``itype`` (ipv4, fqdn, url or email)."""
     return (
-        len(value) <= MAX_FQDN_CHARS
+        len(value) <= _MAX_PLAIN_CHARS[itype]
         and "xn--" not in value
-        and _PLAIN_NAME_VALUE.fullmatch(value) is not None
+        and _PLAIN_VALUES[itype].fullmatch(value) is not None
     )
 
 
-def _plain_url(value: str) -> bool:
+def _all_plain(values: Sequence[str], itype: int) -> bool:
+    """Whether every one of ``values`` is in the plain form of ``itype``, in one match."""
+    column = "\n".join(values) + "\n"
     return (
-        len(value) <= MAX_VALUE_CHARS
-        and "xn--" not in value
-        and _PLAIN_URL_VALUE.fullmatch(value) is not None
-    )
-
-
-def _plain_email(value: str) -> bool:
-    return (
-        len(value) <= MAX_EMAIL_CHARS
-        and "xn--" not in value
-        and _PLAIN_EMAIL_VALUE.fullmatch(value) is not None
+        column.count("\n") == len(values)  # no value holds a line break of its own
+        and max(map(len, values)) <= _MAX_PLAIN_CHARS[itype]
+        and "xn--" not in column  # a line break cannot be part of "xn--": in some value
+        and _PLAIN_COLUMNS[itype].fullmatch(column) is not None
     )
 
 
@@ -524,32 +549,21 @@ def _plain_asn(value: str) -> bool:
 
 _PLAIN_FORMS: Mapping[int, Callable[[str], bool]] = MappingProxyType(
     {
-        pb.ITYPE_IPV4: _plain_ipv4,
-        pb.ITYPE_FQDN: _plain_fqdn,
-        pb.ITYPE_URL: _plain_url,
-        pb.ITYPE_EMAIL: _plain_email,
+        **{itype: functools.partial(_plain, itype=itype) for itype in _PLAIN_VALUES},
         pb.ITYPE_ASN: _plain_asn,
     }
 )
-
-
 _LOWER_HEX = re.compile(r"[0-9a-f]*")  # explicit class: no re.IGNORECASE, no Unicode digits
+_LOWER_HEX_ASCII = b"0123456789abcdef"
 
 
 def _all_lower_hex(values: Sequence[str], digits: int) -> bool:
     """Whether every one of ``values`` is ``digits`` lower-case hex digits (one pass over all)."""
-    if min(map(len, values)) != digits or max(map(len, values)) != digits:
+    if set(map(len, values)) != {digits}:
         return False
     joined = "".join(values)
-    if not joined.isascii():
-        return False
-    try:
-        decoded = bytes.fromhex(joined)
-    except ValueError:
-        return False
-    # fromhex skips ASCII whitespace and takes upper case: every character was a hex digit iff
-    # two made each byte, and none was upper case iff lower() changes nothing.
-    return len(decoded) * 2 == len(joined) and joined == joined.lower()
+    # What is left after deleting every lower-case hex digit is something else.
+    return joined.isascii() and not joined.encode("ascii").translate(None, _LOWER_HEX_ASCII)
 
 
 def _parses_unchanged(value: str, itype: int) -> bool:
@@ -576,7 +590,9 @@ def all_canonical(values: Sequence[str], itype: int) -> bool:
     if not values:
         return True
     digits = HASH_HEX_DIGITS.get(itype)
-    if digits is not None and _all_lower_hex(values, digits):
+    if digits is not None:  # a hash is canonical exactly when it is lower-case hex
+        return _all_lower_hex(values, digits)
+    if itype in _PLAIN_COLUMNS and _all_plain(values, itype):
         return True
     plain = _PLAIN_FORMS.get(itype)
     doubtful = values if plain is None else list(itertools.filterfalse(plain, values))

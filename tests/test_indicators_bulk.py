@@ -1,7 +1,8 @@
-"""Batch validation in bulk (pubsub.indicators._all_pass and the ``all_*`` checks it uses):
-exactly the answer of checking each indicator on its own, shown on generated batches, and
-each shortcut (plain value forms, ASCII byte sets, hex in one pass) against the rule it
-stands for."""
+"""Batch validation in bulk (pubsub.indicators._all_pass, the columns it reads and the
+``all_*`` checks it uses): exactly the answer of checking each indicator on its own, shown on
+generated batches, and each shortcut (plain value forms, one match per column, ASCII byte sets,
+hex in one pass, lists checked once per distinct list) against the rule it stands for.
+Indicators of every type, mutated field by field and on the wire: test_validate_fast_path.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from threatmesh.pubsub import indicator_fields as fields_module
 from threatmesh.pubsub import indicator_values as values_module
 from threatmesh.pubsub import indicators as indicators_module
+from threatmesh.pubsub.indicator_columns import read_columns
 from threatmesh.pubsub.indicator_fields import (
     MAX_REFERENCES,
     MAX_TAGS,
@@ -179,6 +181,41 @@ def test_a_plain_value_is_canonical(itype: int, data: st.DataObject) -> None:
         assert canonical_value(value, itype) == value
 
 
+column_itypes = sorted(values_module._PLAIN_COLUMNS)
+
+
+@pytest.mark.parametrize("itype", column_itypes)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_column_is_plain_exactly_when_each_value_is(itype: int, data: st.DataObject) -> None:
+    values = data.draw(st.lists(plain_candidates[itype], min_size=1, max_size=4))
+    each = all(map(values_module._PLAIN_FORMS[itype], values))
+    assert values_module._all_plain(values, itype) == each
+
+
+# Names that end a label in a hyphen or start one with xn--, or that hold a line break (the
+# column's separator), as the value itself, a URL's host, an email's domain; beside plain ones.
+@pytest.mark.parametrize("itype", column_itypes)
+@pytest.mark.parametrize(
+    "value",
+    [
+        form.format(name)
+        for name in ("example.com", "a-.example", "xn--abc.example", "-a.example", "a.b\nc.d")
+        for form in ("{}", "http://{}/", "a@{}", "1.2.3.4\n{}", "{}\n")
+    ],
+)
+def test_a_column_at_the_edges(itype: int, value: str) -> None:
+    plain = {
+        pb.ITYPE_IPV4: "192.0.2.1",
+        pb.ITYPE_FQDN: "example.com",
+        pb.ITYPE_URL: "http://example.com/",
+        pb.ITYPE_EMAIL: "a@example.com",
+    }[itype]
+    for values in ([value], [plain, value], [value, plain]):
+        each = all(map(values_module._PLAIN_FORMS[itype], values))
+        assert values_module._all_plain(values, itype) == each
+
+
 @pytest.mark.parametrize(
     ("itype", "value"),
     [
@@ -269,8 +306,11 @@ def test_url_path_characters_are_those_canonical_value_allows() -> None:
     for code_point in (*range(0x3100), *range(0xD700, 0xE100), 0x10FFFF):
         character = chr(code_point)
         refused = values_module._SPACE_OR_CONTROL.search(character) is not None
-        taken = values_module._plain_url(f"http://example.com/{character}")
+        url = f"http://example.com/{character}"
+        taken = values_module._PLAIN_FORMS[pb.ITYPE_URL](url)
         assert taken != refused, hex(code_point)
+        in_column = values_module._all_plain([url, "http://example.com/"], pb.ITYPE_URL)
+        assert in_column == (taken and character != "\n"), hex(code_point)
 
 
 # Text fields: the ASCII byte sets against the rules they stand for ----------------------------
@@ -306,7 +346,7 @@ GOOD = pb.Indicator(
 )
 
 
-def passes_with(**fields: Any) -> bool:
+def good_with(**fields: Any) -> pb.Indicator:
     indicator = pb.Indicator()
     indicator.CopyFrom(GOOD)
     for name, value in fields.items():
@@ -314,7 +354,23 @@ def passes_with(**fields: Any) -> bool:
             getattr(indicator, name).extend(value)
         else:
             setattr(indicator, name, value)
-    return reference_error(indicator) is None
+    return indicator
+
+
+def passes_with(**fields: Any) -> bool:
+    return reference_error(good_with(**fields)) is None
+
+
+def lists_pass(check: Any, field: str, lists: list[list[str]]) -> bool:
+    """``check`` (all_tags_pass or all_references_pass) of the lists as read_columns reads them
+    from indicators that have them; False where read_columns refuses (a line break or NUL)."""
+    indicators = [good_with(**{field: elements}) for elements in lists]
+    columns = read_columns(pb.Batch(seq=1, tlp=GREEN, indicators=indicators))
+    if columns is None:
+        elements = [element for elements in lists for element in elements]
+        assert any("\n" in element or "\x00" in element for element in elements)
+        return False
+    return bool(check(columns.tag_lists if field == "tags" else columns.reference_lists))
 
 
 # Text near each rule: case (ASCII and not, and characters whose lower case is longer), spaces
@@ -329,7 +385,7 @@ tricky_texts = st.one_of(
 @given(st.lists(st.lists(tricky_texts, max_size=3), min_size=1, max_size=3))
 def test_tags_in_bulk(tag_lists: list[list[str]]) -> None:
     expected = all(passes_with(tags=tags) for tags in tag_lists)
-    assert fields_module.all_tags_pass(tag_lists) == expected
+    assert lists_pass(fields_module.all_tags_pass, "tags", tag_lists) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -353,11 +409,16 @@ def test_providers_and_descriptions_in_bulk(texts: list[str]) -> None:
         [["é"] * 33],
         [[""]],
         [["x" * 64], ["x" * 65]],
+        [["a", "b"], ["b", "a"], [], ["a"]],  # lists repeat: each distinct one checked once
+        [["a", "b"], ["b", "a"], ["a", "a"]],
+        [[f"t{number}" for number in range(32)], ["t1"]],
+        [["t\n1"]],  # read_columns refuses a line break...
+        [["t1\x00"]],  # ...and NUL, which would blur the lists
     ],
 )
 def test_tags_in_bulk_at_the_edges(tag_lists: list[list[str]]) -> None:
     expected = all(passes_with(tags=tags) for tags in tag_lists)
-    assert fields_module.all_tags_pass(tag_lists) == expected
+    assert lists_pass(fields_module.all_tags_pass, "tags", tag_lists) == expected
 
 
 @settings(max_examples=300, deadline=None)
@@ -376,7 +437,7 @@ def test_tags_in_bulk_at_the_edges(tag_lists: list[list[str]]) -> None:
 )
 def test_references_in_bulk(reference_lists: list[list[str]]) -> None:
     expected = all(passes_with(references=references) for references in reference_lists)
-    assert fields_module.all_references_pass(reference_lists) == expected
+    assert lists_pass(fields_module.all_references_pass, "references", reference_lists) == expected
 
 
 @pytest.mark.parametrize(
@@ -391,7 +452,7 @@ def test_references_in_bulk(reference_lists: list[list[str]]) -> None:
 def test_references_in_bulk_at_the_edges(reference_lists: list[list[str]]) -> None:
     expected = all(passes_with(references=references) for references in reference_lists)
     assert not expected
-    assert not fields_module.all_references_pass(reference_lists)
+    assert not lists_pass(fields_module.all_references_pass, "references", reference_lists)
 
 
 @pytest.mark.parametrize(
@@ -546,9 +607,8 @@ def peer_indicators(draw: st.DrawFn, batch_tlp: int) -> pb.Indicator:
 def test_a_batch_passes_in_bulk_exactly_when_each_indicator_passes(data: st.DataObject) -> None:
     batch_tlp = data.draw(st.sampled_from([GREEN] * 6 + [pb.TLP_RED, pb.TLP_UNSPECIFIED, 9]))
     indicators = data.draw(st.lists(peer_indicators(batch_tlp), min_size=1, max_size=4))
-    assert indicators_module._all_pass(indicators, batch_tlp, NOW_MS) == each_passes(
-        indicators, batch_tlp
-    )
+    batch = pb.Batch(seq=1, tlp=batch_tlp, indicators=indicators)
+    assert indicators_module._all_pass(batch, NOW_MS) == each_passes(indicators, batch_tlp)
     for indicator in indicators:  # and validate_indicator names the same first problem
         assert error_of(indicator) == reference_error(indicator)
 
