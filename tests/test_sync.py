@@ -106,7 +106,10 @@ async def test_a_restarted_node_catches_up_on_what_it_missed(
     for round_ in range(5):
         await wait_until(lambda r=round_: holds(node_b, f"away{r}", 50), TIMEOUT_S)
     status = node_b.status()["sync"]
-    assert status["batches_fetched"] >= 5
+    # Most come by catch-up. A batch a published before it noticed b leave can wait in
+    # py-libp2p's pending messages for b (gossipsub.py, ``_pending_messages``) and arrive
+    # live when b is back; without catch-up the rest never would (the waits above).
+    assert status["batches_fetched"] >= 1
     assert status["catch_ups"] >= 1
     assert node_a.status()["sync"]["requests_served"] >= 2
 
