@@ -5,6 +5,15 @@ settings belong to ``store_schema``; the merge rules to ``store_merge`` (pure; r
 docstring for what a merged row holds); the read path to ``store_read``. This module is the
 ``Store`` itself and its write path.
 
+The write path, per batch: ``store_merge.report_rows`` turns the indicators into rows in the
+stored form (each protobuf field read once); one query per PAGE_SIZE of them finds those
+already stored, by ``value_hash``; the new ones are inserted, one statement each
+(executemany); each stored one gets one UPDATE that merges the scalars in SQL and takes the
+set unions made in Python. A new indicator writes its row and two index entries
+(``store_schema.INDICATORS_SCHEMA``). On ``bench/store_validate.py`` (CPU per indicator,
+medians) this took 21.4 -> 7.2 us for new indicators and 22.4 -> 9.8 with a quarter merged
+into known ones, against schema version 2's write path (README of bench/).
+
 Rules:
 - ``Store`` is synchronous. The node calls it from a worker thread (``trio.to_thread``), so
   the connection may be used from any thread, and every public method holds one lock: calls
@@ -22,7 +31,6 @@ Rules:
 from __future__ import annotations
 
 import contextlib
-import functools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -30,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from threatmesh.node.store_log import LoggedBatch, log_batch, log_bytes, read_range
 from threatmesh.node.store_log import heads as log_heads
@@ -40,25 +48,26 @@ from threatmesh.node.store_merge import (
     MAX_PROVIDERS,
     MAX_REFERENCES,
     MAX_TAGS,
-    SCALAR_FIELDS,
+    MEMBER_SEPARATOR,
     Report,
+    ReportRow,
     check_batch,
     merge_batch,
     merge_reports,
+    report_rows,
+    union_members,
+    value_hash,
 )
 from threatmesh.node.store_read import (
     PAGE_SIZE,
     Filter,
-    Position,
+    Pages,
     StoredIndicator,
     chunks,
-    page_end,
     placeholders,
-    read_page,
 )
 from threatmesh.node.store_schema import (
     DEFAULT_QUICK_CHECK_BUDGET_S,
-    SET_TABLES,
     StoreError,
     open_store_connection,
 )
@@ -106,53 +115,55 @@ class OriginSeqs(NamedTuple):
     missing: list[int]
 
 
-# The cross-batch merge; mirrors store_merge.merge_reports. In an UPDATE every right-hand side
-# reads the row as it was, so the order of the assignments does not matter. Run with
-# executemany, one row per statement: a multi-row VALUES upsert measured slower (17 vs 10 us
-# per row), and so did RETURNING the row ids (18 us; ``_upsert`` selects them afterwards).
-_UPSERT = """
+# New rows: each a ReportRow (store_merge's order), carried by one batch. The batch's origin id
+# is formatted in, not bound: it is ours (an integer from ``origins``), and binding it would
+# mean building a new tuple per row (measured: 4% of the instructions of a new row). One
+# statement per row with executemany: a statement of many rows measured no cheaper.
+_INSERT = """
 INSERT INTO indicators (itype, value, tlp, max_tlp, confidence, first_seen_ms, last_seen_ms,
-                        expires_ms, description, description_seen_ms, sightings)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
-ON CONFLICT (itype, value) DO UPDATE SET
-    tlp = min(tlp, excluded.tlp),
-    max_tlp = max(max_tlp, excluded.max_tlp),
-    confidence = max(confidence, excluded.confidence),
-    first_seen_ms = CASE
-        WHEN first_seen_ms = 0 OR excluded.first_seen_ms = 0
-        THEN first_seen_ms + excluded.first_seen_ms
-        ELSE min(first_seen_ms, excluded.first_seen_ms) END,
-    last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
-    expires_ms = CASE
-        WHEN expires_ms = 0 OR excluded.expires_ms = 0 THEN 0
-        ELSE max(expires_ms, excluded.expires_ms) END,
-    description = CASE
-        WHEN excluded.description != ''
-         AND (excluded.description_seen_ms, excluded.description)
-             > (description_seen_ms, description)
-        THEN excluded.description ELSE description END,
-    description_seen_ms = CASE
-        WHEN excluded.description != ''
-         AND (excluded.description_seen_ms, excluded.description)
-             > (description_seen_ms, description)
-        THEN excluded.description_seen_ms ELSE description_seen_ms END,
-    sightings = sightings + 1
+                        expires_ms, description, description_seen_ms, tag_list, reference_list,
+                        provider_list, value_hash, origin_list, sightings)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '{origin_id:d}', 1)
 """
 
-# Rows per multi-row INSERT of set members. One statement of many rows costs about half of
-# what executemany of one-row statements does (measured: 0.8 vs 1.6 us per member), and stays
-# far under SQLite's limit on parameters.
-MAX_ROWS_PER_STATEMENT = 256
-# SQLite's largest rowid. Until a table holds it, a row created without an id gets the
-# table's largest id + 1 (https://www.sqlite.org/autoinc.html); after, ids are random.
-MAX_ROW_ID = 2**63 - 1
-
-# (table, member column, bound) of the text sets, in SET_TABLES' order.
-_BOUNDED_SETS = tuple(
-    (table, column, bound)
-    for (table, column), bound in zip(
-        SET_TABLES, (MAX_TAGS, MAX_REFERENCES, MAX_PROVIDERS), strict=True
-    )
+# The merge into an existing row, the scalars by store_merge.merge_reports' rules (in an UPDATE
+# every right-hand side reads the row as it was, so the order of the assignments does not
+# matter). Parameters (_merge builds them): the report's tlp, max_tlp, confidence,
+# first_seen_ms, description and description_seen_ms; the row's id; its merged tag,
+# reference, provider and origin lists (unions made in Python, _merge: as SQL they measured
+# slower); for _MERGE_MOVED the report's last_seen_ms and expires_ms. Two statements: SQLite
+# rewrites the entries of every index whose column an UPDATE assigns, even to the value it
+# had, and most merges change neither last_seen_ms nor expires_ms (measured: 10% more pages
+# written at commit).
+_MERGE_SET = """
+    tlp = min(tlp, ?1),
+    max_tlp = max(max_tlp, ?2),
+    confidence = max(confidence, ?3),
+    first_seen_ms = CASE
+        WHEN first_seen_ms = 0 OR ?4 = 0 THEN first_seen_ms + ?4
+        ELSE min(first_seen_ms, ?4) END,
+    description = CASE
+        WHEN ?5 != '' AND (?6, ?5) > (description_seen_ms, description) THEN ?5
+        ELSE description END,
+    description_seen_ms = CASE
+        WHEN ?5 != '' AND (?6, ?5) > (description_seen_ms, description) THEN ?6
+        ELSE description_seen_ms END,
+    sightings = sightings + 1,
+    tag_list = ?8,
+    reference_list = ?9,
+    provider_list = ?10,
+    origin_list = ?11"""
+_MERGE = f"UPDATE indicators SET {_MERGE_SET} WHERE id = ?7"
+_ORIGINS_PARAMETER = 10  # ?11, 0-based
+_MERGE_MOVED = f"""UPDATE indicators SET {_MERGE_SET},
+    last_seen_ms = max(last_seen_ms, ?12),
+    expires_ms = CASE WHEN expires_ms = 0 OR ?13 = 0 THEN 0 ELSE max(expires_ms, ?13) END
+WHERE id = ?7"""
+# What _find reads of a stored row: what _merge needs beyond SQL (the sets, and whether the
+# indexed columns change).
+_STORED_COLUMNS = (
+    "itype, value, id, last_seen_ms, expires_ms, tag_list, reference_list, provider_list,"
+    " origin_list"
 )
 
 # The store ---------------------------------------------------------------------------------------
@@ -215,20 +226,19 @@ class Store:
         for arguments no valid batch has.
         """
         check_batch(origin, seq, tlp, len(indicators))
-        reports = merge_batch(indicators, tlp)
+        reports = report_rows(indicators, tlp)
         with self._locked("store a batch") as connection, _transaction(connection):
             origin_id = _origin_id(connection, origin)
             recorded = _record_seq(connection, origin_id, seq, received_ms)
             if recorded is None:
                 connection.execute("ROLLBACK")  # nothing was written; end it unchanged
                 return AddResult(duplicate=True)
-            created, merged = _upsert(connection, reports)
-            _add_members(connection, created, origin_id)
-            grown = _add_members(connection, merged, origin_id)
-            _trim_sets(connection, merged, grown)
+            stored = _find(connection, reports)
+            inserted = _insert(connection, reports, stored, origin_id)
+            _merge(connection, reports, stored, origin_id)
             if message is not None:
                 log_batch(connection, origin_id, seq, tlp, received_ms, message)
-        return AddResult(duplicate=False, inserted=len(created), merged=len(merged), gap=recorded)
+        return AddResult(duplicate=False, inserted=inserted, merged=len(stored), gap=recorded)
 
     def mark_withheld(self, origin: str, seqs: Sequence[int], received_ms: int) -> int:
         """Record ``seqs`` of ``origin`` as settled without content: batches that exist but
@@ -263,17 +273,13 @@ class Store:
             while removed < batch_limit:
                 chunk = min(PAGE_SIZE, batch_limit - removed)
                 with _transaction(connection):
-                    ids = [
-                        row[0]
-                        for row in connection.execute(
-                            "SELECT id FROM indicators WHERE expires_ms != 0 AND expires_ms < ?"
-                            " LIMIT ?",
-                            (now_ms, chunk),
-                        )
-                    ]
-                    _delete_indicators(connection, ids)
-                removed += len(ids)
-                if len(ids) < chunk:
+                    deleted = connection.execute(
+                        "DELETE FROM indicators WHERE id IN (SELECT id FROM indicators"
+                        " WHERE expires_ms != 0 AND expires_ms < ? LIMIT ?)",
+                        (now_ms, chunk),
+                    ).rowcount
+                removed += deleted
+                if deleted < chunk:
                     break
         return removed
 
@@ -295,17 +301,15 @@ class Store:
         restrictive level <= tlp). One consistent snapshot; without ``limit`` the whole match
         is in memory, so big exports use ``iter_query``.
         """
-        found = Filter.of(itype=itype, value=value, tag=tag, since_ms=since_ms, tlp=tlp)
+        pages = Pages(Filter.of(itype=itype, value=value, tag=tag, since_ms=since_ms, tlp=tlp))
         results: list[StoredIndicator] = []
         with self._locked("query indicators") as connection, _transaction(connection, "BEGIN"):
-            after: Position | None = None
             while limit is None or len(results) < limit:
                 size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(results))
-                found_page = read_page(connection, found, after, size)
+                found_page = pages.next(connection, size)
                 results.extend(found_page)
                 if len(found_page) < size:
                     break
-                after = page_end(found_page[-1])
         return results
 
     def iter_query(
@@ -323,22 +327,20 @@ class Store:
 
         Each page is read under the lock and the lock is released while the caller consumes
         it, so writes may land between pages: not a snapshot (a row whose last_seen_ms moves
-        past the position already read is not seen again).
+        past the position already read is not seen again; see also ``store_read.Pages``).
         """
         if not 1 <= page_size <= PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{PAGE_SIZE}, got {page_size}")
-        found = Filter.of(itype=itype, value=value, tag=tag, since_ms=since_ms, tlp=tlp)
-        after: Position | None = None
+        pages = Pages(Filter.of(itype=itype, value=value, tag=tag, since_ms=since_ms, tlp=tlp))
         produced = 0
         while limit is None or produced < limit:
             size = page_size if limit is None else min(page_size, limit - produced)
             with self._locked("query indicators") as connection:
-                found_page = read_page(connection, found, after, size)
+                found_page = pages.next(connection, size)
             yield from found_page
             produced += len(found_page)
             if len(found_page) < size:
                 return
-            after = page_end(found_page[-1])
 
     def count(self) -> int:
         """How many indicators (distinct (itype, value)) are stored."""
@@ -393,18 +395,17 @@ class Store:
 
     def max_levels(self, keys: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
         """The most restrictive TLP each stored (itype, value) of ``keys`` was seen at."""
-        values_by_itype: dict[int, list[str]] = {}
-        for itype, value in keys:
-            values_by_itype.setdefault(itype, []).append(value)
+        wanted = set(keys)
+        hashes = sorted({value_hash(value) for _, value in wanted})
         found: dict[tuple[int, str], int] = {}
         with self._locked("read indicator levels") as connection:
-            for itype, values in values_by_itype.items():
-                for chunk in chunks(sorted(set(values))):
-                    for value, max_tlp in connection.execute(
-                        "SELECT value, max_tlp FROM indicators"
-                        f" WHERE itype = ? AND value IN ({placeholders(len(chunk))})",
-                        (itype, *chunk),
-                    ):
+            for chunk in chunks(hashes):
+                for itype, value, max_tlp in connection.execute(
+                    "SELECT itype, value, max_tlp FROM indicators"
+                    f" WHERE value_hash IN ({placeholders(len(chunk))})",
+                    chunk,
+                ):
+                    if (itype, value) in wanted:
                         found[(itype, value)] = int(max_tlp)
         return found
 
@@ -525,156 +526,134 @@ def _contiguous_from(connection: sqlite3.Connection, origin_id: int, seq: int) -
             return end
 
 
-def _upsert(
-    connection: sqlite3.Connection, reports: dict[tuple[int, str], Report]
-) -> tuple[list[tuple[int, Report]], list[tuple[int, Report]]]:
-    """Merge ``reports`` into their rows: (row id, report) of the rows created, and of those
-    that existed before and were merged into.
+def _find(
+    connection: sqlite3.Connection, reports: dict[tuple[int, str], ReportRow]
+) -> dict[tuple[int, str], tuple[Any, ...]]:
+    """The stored rows (``_STORED_COLUMNS``) of those ``reports`` that have one, by key.
 
-    A created row gets the largest id + 1 (see ``MAX_ROW_ID``; we hold the write lock, so
-    nobody else inserts meanwhile), so the created rows are those above the largest id before,
-    and the ids come from the unique index alone: one query per itype and chunk that does not
-    read the rows. Should ids ever come near ``MAX_ROW_ID``, ``sightings`` tells instead: 1
-    for a created row, more for a merged one (every merge adds one).
+    One query per PAGE_SIZE hashes, answered from ``indicators_by_value``; a row is read only
+    where a hash is in the store (mostly the report's own row: another value of the same hash
+    is rare, and left out by its key).
     """
-    (largest_id_before,) = connection.execute(
-        "SELECT coalesce(max(id), 0) FROM indicators"
-    ).fetchone()
-    connection.executemany(_UPSERT, [report[:SCALAR_FIELDS] for report in reports.values()])
-    by_sightings = largest_id_before >= MAX_ROW_ID - len(reports)
-    columns = "id, value, sightings" if by_sightings else "id, value, 0"
-    values_by_itype: dict[int, list[str]] = {}
-    for itype, value in reports:
-        values_by_itype.setdefault(itype, []).append(value)
-    created: list[tuple[int, Report]] = []
-    merged: list[tuple[int, Report]] = []
-    for itype, values in values_by_itype.items():
-        for chunk in chunks(values):
-            for row_id, value, sightings in connection.execute(
-                f"SELECT {columns} FROM indicators"
-                f" WHERE itype = ? AND value IN ({placeholders(len(chunk))})",
-                (itype, *chunk),
-            ).fetchall():
-                is_new = sightings == 1 if by_sightings else row_id > largest_id_before
-                (created if is_new else merged).append((row_id, reports[(itype, value)]))
-    return created, merged
+    stored: dict[tuple[int, str], tuple[Any, ...]] = {}
+    hashes = [row[-1] for row in reports.values()]  # each row's value_hash
+    for chunk in chunks(hashes):
+        for row in connection.execute(
+            f"SELECT {_STORED_COLUMNS} FROM indicators"
+            f" WHERE value_hash IN ({placeholders(len(chunk))})",
+            chunk,
+        ):
+            key = (row[0], row[1])
+            if key in reports:
+                stored[key] = row
+    return stored
 
 
-def _add_members(
-    connection: sqlite3.Connection, rows: list[tuple[int, Report]], origin_id: int
-) -> tuple[bool, bool, bool, bool]:
-    """Add the reports' tags, references, providers and the batch's origin to the sets of
-    their rows. Whether each set table (``_BOUNDED_SETS``, then origins) gained a member."""
-    tags: list[object] = []
-    references: list[object] = []
-    providers: list[object] = []
-    origins: list[object] = []
-    for row_id, report in rows:
-        for tag in report.tags:
-            tags += (row_id, tag)
-        for reference in report.references:
-            references += (row_id, reference)
-        for provider in report.providers:
-            providers += (row_id, provider)
-        origins += (row_id, origin_id)
-    tags_added, references_added, providers_added = (
-        _insert_pairs(connection, table, column, flat)
-        for (table, column, _), flat in zip(
-            _BOUNDED_SETS, (tags, references, providers), strict=True
-        )
-    )
-    origins_added = _insert_pairs(connection, "indicator_origins", "origin_id", origins)
-    return (tags_added, references_added, providers_added, origins_added)
-
-
-def _insert_pairs(
-    connection: sqlite3.Connection, table: str, column: str, flat: list[object]
-) -> bool:
-    """INSERT OR IGNORE the rows ``flat`` (indicator id, member, indicator id, member, ...)
-    into ``table``; whether any was new."""
-    changes_before = connection.total_changes
-    head = f"INSERT OR IGNORE INTO {table} (indicator_id, {column}) VALUES "
-    start = 0
-    for rows in _row_counts(len(flat) // 2):
-        connection.execute(_multi_row(head, rows), flat[start : start + 2 * rows])
-        start += 2 * rows
-    return connection.total_changes != changes_before
-
-
-def _row_counts(total: int) -> Iterator[int]:
-    """The rows of each statement that inserts ``total`` rows: full statements, then powers of
-    two. So a connection prepares at most nine shapes of a statement, which sqlite3's statement
-    cache (keyed by the text) keeps, rather than one per batch size."""
-    full, rest = divmod(total, MAX_ROWS_PER_STATEMENT)
-    yield from (MAX_ROWS_PER_STATEMENT,) * full
-    size = MAX_ROWS_PER_STATEMENT // 2
-    while rest:
-        if rest >= size:
-            yield size
-            rest -= size
-        size //= 2
-
-
-@functools.cache  # bounded: four tables x the nine sizes of _row_counts
-def _multi_row(head: str, rows: int) -> str:
-    """``head`` followed by ``rows`` rows of two parameters."""
-    return head + ", ".join(("(?, ?)",) * rows)
-
-
-def _trim_sets(
+def _insert(
     connection: sqlite3.Connection,
-    merged: list[tuple[int, Report]],
-    grown: tuple[bool, bool, bool, bool],
+    reports: dict[tuple[int, str], ReportRow],
+    stored: dict[tuple[int, str], tuple[Any, ...]],
+    origin_id: int,
+) -> int:
+    """Create the rows of the ``reports`` not ``stored``, carried by ``origin_id``'s batch;
+    how many. Their sets are bounded already (``report_rows``), and one origin is within
+    MAX_ORIGINS."""
+    new_rows = (
+        [row for key, row in reports.items() if key not in stored] if stored else reports.values()
+    )
+    connection.executemany(_INSERT.format(origin_id=origin_id), new_rows)
+    return len(new_rows)
+
+
+def _merge(
+    connection: sqlite3.Connection,
+    reports: dict[tuple[int, str], ReportRow],
+    stored: dict[tuple[int, str], tuple[Any, ...]],
+    origin_id: int,
 ) -> None:
-    """Cut the sets of merged rows back to their bounds, keeping the smallest members (created
-    rows are within them already: a report's sets are bounded). Only tables that gained a
-    member (``grown``, from ``_add_members``) can have gone over."""
-    for index, (table, column, bound) in enumerate(_BOUNDED_SETS):
-        if not grown[index]:
-            continue
-        ids = [row_id for row_id, report in merged if report.sets()[index]]
-        for row_id in _over_bound(connection, table, ids, bound):
-            connection.execute(
-                f"DELETE FROM {table} WHERE indicator_id = ? AND {column} IN ("
-                f" SELECT {column} FROM {table} WHERE indicator_id = ?"
-                f" ORDER BY {column} LIMIT -1 OFFSET ?)",
-                (row_id, row_id, bound),
-            )
-    if not grown[3]:
-        return
-    merged_ids = [row_id for row_id, _ in merged]
-    for row_id in _over_bound(connection, "indicator_origins", merged_ids, MAX_ORIGINS):
-        connection.execute(
-            "DELETE FROM indicator_origins WHERE indicator_id = ? AND origin_id IN ("
-            " SELECT member.origin_id FROM indicator_origins AS member"
-            " JOIN origins ON origins.id = member.origin_id WHERE member.indicator_id = ?"
-            " ORDER BY origins.peer_id LIMIT -1 OFFSET ?)",
-            (row_id, row_id, MAX_ORIGINS),
+    """Merge ``reports`` into their ``stored`` rows: one more sighting each, the unions of
+    their sets, and ``origin_id`` among their origins (the MAX_ORIGINS smallest peer IDs are
+    kept)."""
+    origin = str(origin_id)
+    separator = MEMBER_SEPARATOR
+    unchanged: list[tuple[object, ...]] = []  # last_seen_ms and expires_ms stay as they were
+    moved: list[tuple[object, ...]] = []
+    over_bound: list[tuple[list[tuple[object, ...]], int]] = []  # (list, position)
+    for key, stored_row in stored.items():
+        _, _, row_id, last_seen_ms, expires_ms, tags, references, providers, origins = stored_row
+        (
+            _,
+            _,
+            tlp,
+            max_tlp,
+            confidence,
+            first_seen_ms,
+            report_last_seen_ms,
+            report_expires_ms,
+            description,
+            description_seen_ms,
+            report_tags,
+            report_references,
+            report_providers,
+            _,
+        ) = reports[key]
+        if report_tags != tags:
+            tags = union_members(tags, report_tags, MAX_TAGS)
+        if report_references != references:
+            references = union_members(references, report_references, MAX_REFERENCES)
+        if report_providers != providers:
+            providers = union_members(providers, report_providers, MAX_PROVIDERS)
+        # Ids in arrival order (readers sort). Not a substring: certainly not a member.
+        if origin not in origins or origin not in origins.split(separator):
+            origins = f"{origins}{separator}{origin}"
+        # Only the parameters the statement reads: binding one costs more than picking it.
+        parameters: tuple[object, ...] = (
+            tlp,
+            max_tlp,
+            confidence,
+            first_seen_ms,
+            description,
+            description_seen_ms,
+            row_id,
+            tags,
+            references,
+            providers,
+            origins,
         )
+        into = unchanged
+        if report_last_seen_ms > last_seen_ms or (
+            expires_ms != 0 and (report_expires_ms == 0 or report_expires_ms > expires_ms)
+        ):
+            into = moved
+            parameters += (report_last_seen_ms, report_expires_ms)
+        if origins.count(separator) >= MAX_ORIGINS:
+            over_bound.append((into, len(into)))
+        into.append(parameters)
+    if over_bound:
+        _trim_origins(connection, over_bound)
+    connection.executemany(_MERGE, unchanged)
+    connection.executemany(_MERGE_MOVED, moved)
 
 
-def _over_bound(
-    connection: sqlite3.Connection, table: str, ids: Sequence[int], bound: int
-) -> list[int]:
-    """Those of ``ids`` with more than ``bound`` members in ``table``."""
-    over: list[int] = []
-    for chunk in chunks(ids):
-        over.extend(
-            row_id
-            for (row_id,) in connection.execute(
-                f"SELECT indicator_id FROM {table}"
-                f" WHERE indicator_id IN ({placeholders(len(chunk))})"
-                " GROUP BY indicator_id HAVING count(*) > ?",
-                (*chunk, bound),
-            )
-        )
-    return over
-
-
-def _delete_indicators(connection: sqlite3.Connection, ids: Sequence[int]) -> None:
-    """Delete rows and their sets (no foreign keys: explicit deletes cost less than cascades)."""
-    for chunk in chunks(ids):
-        marks = placeholders(len(chunk))
-        for table in (*(table for table, _ in SET_TABLES), "indicator_origins"):
-            connection.execute(f"DELETE FROM {table} WHERE indicator_id IN ({marks})", chunk)
-        connection.execute(f"DELETE FROM indicators WHERE id IN ({marks})", chunk)
+def _trim_origins(
+    connection: sqlite3.Connection, over_bound: list[tuple[list[tuple[object, ...]], int]]
+) -> None:
+    """Cut the origins of the merge parameters at ``over_bound`` to their MAX_ORIGINS
+    smallest peer IDs (origin ids are in no useful order)."""
+    ids = {
+        int(origin_id)
+        for into, position in over_bound
+        for origin_id in str(into[position][_ORIGINS_PARAMETER]).split(MEMBER_SEPARATOR)
+    }
+    peer_ids: dict[str, str] = {}
+    for chunk in chunks(sorted(ids)):
+        for origin_id, peer_id in connection.execute(
+            f"SELECT id, peer_id FROM origins WHERE id IN ({placeholders(len(chunk))})", chunk
+        ):
+            peer_ids[str(origin_id)] = peer_id
+    for into, position in over_bound:
+        parameters = list(into[position])
+        origins = str(parameters[_ORIGINS_PARAMETER]).split(MEMBER_SEPARATOR)
+        kept = sorted(origins, key=peer_ids.__getitem__)[:MAX_ORIGINS]
+        parameters[_ORIGINS_PARAMETER] = MEMBER_SEPARATOR.join(kept)
+        into[position] = tuple(parameters)

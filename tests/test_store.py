@@ -25,6 +25,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 
 import threatmesh.node.store as store_module
+import threatmesh.node.store_read as store_read
 from threatmesh.node.store import (
     MAX_TAGS,
     STORE_FILE_NAME,
@@ -341,6 +342,25 @@ def test_query_filters(filled: Store, filters: dict[str, int | str], expected: l
     assert values(list(filled.iter_query(**filters, page_size=1))) == expected  # type: ignore[arg-type]
 
 
+def test_tag_filter_matches_whole_tags_only(store: Store) -> None:
+    add(
+        store,
+        indicator("a.example", tags=["c2", "emotet"]),
+        indicator("b.example", tags=["c"]),
+        indicator("c.example", tags=["xc2", "c2x"]),
+    )
+    for tag, expected in [
+        ("c2", ["a.example"]),
+        ("emotet", ["a.example"]),
+        ("c", ["b.example"]),
+        ("xc2", ["c.example"]),
+        ("mote", []),
+        ("", []),
+        ("c2\x1femotet", []),  # two tags with the separator between: not a tag
+    ]:
+        assert sorted(values(store.query(tag=tag))) == expected, tag
+
+
 def test_query_visibility_uses_the_least_restrictive_level(filled: Store) -> None:
     add(filled, indicator("e.example", last_seen_ms=400), tlp=CLEAR, origin=PEER_B)
     (row,) = filled.query(value="e.example", tlp=CLEAR)
@@ -368,6 +388,58 @@ def test_paging_walks_ties_in_last_seen_without_repeats_or_gaps(store: Store) ->
         assert [row.indicator.value for row in paged] == values(everything)
     assert values(list(store.iter_query(limit=501, page_size=50))) == values(everything)[:501]
     assert values(store.query(limit=777)) == values(everything)[:777]
+
+
+@pytest.mark.parametrize("keys_ahead", [1, 5, 600])
+def test_paging_reads_keys_ahead_inside_long_runs_of_one_last_seen(
+    store: Store, monkeypatch: pytest.MonkeyPatch, keys_ahead: int
+) -> None:
+    monkeypatch.setattr(store_read, "RUN_KEYS_AHEAD", keys_ahead)
+    batch = [
+        indicator(f"host{number:03d}", itype=itype, last_seen_ms=number % 2, tlp=CLEAR + number % 3)
+        for number in range(150)
+        for itype in (URL, FQDN)
+    ]
+    add(store, *batch, tlp=CLEAR)
+    for filters in ({}, {"itype": URL}, {"tlp": GREEN}, {"since_ms": 1}):
+        expected = sorted(
+            (
+                (-item.last_seen_ms, item.value, item.itype)
+                for item in batch
+                if filters.get("itype", item.itype) == item.itype
+                and max(item.tlp, CLEAR) <= filters.get("tlp", RED)
+                and item.last_seen_ms >= filters.get("since_ms", 0)
+            ),
+        )
+        for page_size in (1, 7, 500):
+            rows = list(store.iter_query(**filters, page_size=page_size))  # type: ignore[arg-type]
+            keys = [
+                (-row.indicator.last_seen_ms, row.indicator.value, row.indicator.itype)
+                for row in rows
+            ]
+            assert keys == expected, (filters, page_size)
+        assert len(store.query(**filters)) == len(expected)  # type: ignore[arg-type]
+
+
+def test_iter_query_inside_a_run_skips_rows_that_changed_or_went(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_read, "RUN_KEYS_AHEAD", 4)
+    run = [
+        indicator(f"host{number:02d}", last_seen_ms=100, expires_ms=50 if number == 7 else 0)
+        for number in range(20)
+    ]
+    add(store, *run)
+    pages = store.iter_query(page_size=3)
+    # Page 1 is host00..02; page 2 reads host03..06 ahead and is host03..05.
+    seen = [next(pages).indicator.value for _ in range(6)]
+    add(store, indicator("host06", last_seen_ms=200), seq=2)  # read ahead, then moved out
+    assert store.sweep_expired(60) == 1  # host07 goes
+    add(store, indicator("host05a", last_seen_ms=100), seq=3)  # before the last key read ahead
+    add(store, indicator("host06a", last_seen_ms=100), seq=4)  # after it
+    seen += [row.indicator.value for row in pages]
+    expected = [f"host{number:02d}" for number in range(20) if number not in (6, 7)]
+    assert seen == [*expected[:6], "host06a", *expected[6:]]
 
 
 def test_iter_query_reads_one_page_at_a_time(store: Store) -> None:
@@ -617,7 +689,7 @@ def test_refuses_a_store_from_a_newer_version(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damaged", "found_by"),
     [
-        ("indicator_tags_by_tag", r"quick_check: .*Page"),  # only the check at open reads it
+        ("indicators_by_last_seen", r"quick_check: .*Page"),  # only the check at open reads it
         ("schema_version", "malformed"),  # read while telling whether the file is ours
     ],
 )

@@ -1,5 +1,6 @@
-"""The store's write path on whole batches (threatmesh.node.store.add_batch): batches larger
-than one multi-row statement, created against merged rows, row ids near SQLite's largest."""
+"""The store's write path on whole batches (threatmesh.node.store.add_batch): large batches,
+created against merged rows, row ids near SQLite's largest, values of one hash, origin bounds
+on rows whose place in the order moves."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 import threatmesh.node.store as store_module
 from threatmesh.node.store import STORE_FILE_NAME, AddResult, Store
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 
 CLEAR, GREEN = 1, 2
-FQDN = 4
+FQDN, URL = 4, 5
 PEER_A = "16Uiu2HAmAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 PEER_B = "16Uiu2HAmBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
+PEER_C = "16Uiu2HAmCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC"
+# Once a table holds it, SQLite picks the ids of new rows at random
+# (https://www.sqlite.org/autoinc.html).
+SQLITE_MAX_ROW_ID = 2**63 - 1
 
 
 def indicator(number: int, **fields: object) -> pb.Indicator:
@@ -28,22 +31,16 @@ def indicator(number: int, **fields: object) -> pb.Indicator:
         "provider": f"feed-{number % 2}",
         "first_seen_ms": 1_000,
         "last_seen_ms": 2_000 + number,
+        "value": f"host-{number}.example",
+        "itype": FQDN,
     }
-    return pb.Indicator(value=f"host-{number}.example", itype=FQDN, **{**defaults, **fields})  # type: ignore[arg-type]
+    return pb.Indicator(**{**defaults, **fields})  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store.open(tmp_path / STORE_FILE_NAME) as opened:
         yield opened
-
-
-@given(st.integers(min_value=0, max_value=5_000))
-def test_row_counts_cover_every_row_in_few_shapes(total: int) -> None:
-    counts = list(store_module._row_counts(total))
-    assert sum(counts) == total
-    shapes = {store_module.MAX_ROWS_PER_STATEMENT >> shift for shift in range(9)}
-    assert set(counts) <= shapes
 
 
 @pytest.mark.parametrize("count", [1, 255, 256, 257, 600])
@@ -90,7 +87,7 @@ def test_merged_sets_are_trimmed_in_a_large_batch(
     assert {row.origins for row in store.query()} == {(PEER_A,)}  # the smallest peer ID kept
 
 
-def test_row_ids_near_the_largest_are_told_apart_by_sightings(tmp_path: Path) -> None:
+def test_rows_with_ids_near_the_largest_are_created_and_merged(tmp_path: Path) -> None:
     path = tmp_path / STORE_FILE_NAME
     with Store.open(path) as opened:
         opened.add_batch(origin=PEER_A, seq=1, tlp=CLEAR, indicators=[indicator(0)], received_ms=0)
@@ -98,16 +95,8 @@ def test_row_ids_near_the_largest_are_told_apart_by_sightings(tmp_path: Path) ->
     connection = sqlite3.connect(path)
     with connection:
         (row_id,) = connection.execute("SELECT id FROM indicators").fetchone()
-        largest = store_module.MAX_ROW_ID - 1
+        largest = SQLITE_MAX_ROW_ID - 1
         connection.execute("UPDATE indicators SET id = ? WHERE id = ?", (largest, row_id))
-        for table in ("indicator_tags", "indicator_references", "indicator_providers"):
-            connection.execute(
-                f"UPDATE {table} SET indicator_id = ? WHERE indicator_id = ?", (largest, row_id)
-            )
-        connection.execute(
-            "UPDATE indicator_origins SET indicator_id = ? WHERE indicator_id = ?",
-            (largest, row_id),
-        )
     connection.close()
     with Store.open(path) as opened:
         batch = [indicator(number) for number in range(5)]
@@ -117,3 +106,52 @@ def test_row_ids_near_the_largest_are_told_apart_by_sightings(tmp_path: Path) ->
         assert rows["host-0.example"].origins == (PEER_A, PEER_B)
         assert rows["host-4.example"].origins == (PEER_B,)
         assert list(rows["host-4.example"].indicator.tags) == ["bench", "tag-4"]
+
+
+# Two values of one CRC-32 (found by search): the store finds rows by value_hash, so these share
+# an index key and must still be two rows.
+SAME_HASH = ("c50963c80102.example", "d3f504638284.example")
+
+
+def test_values_of_one_hash_are_two_indicators(store: Store) -> None:
+    first, second = SAME_HASH
+    assert store_module.value_hash(first) == store_module.value_hash(second)
+    batch = [indicator(0, value=first, tags=["one"]), indicator(0, value=second, tags=["two"])]
+    result = store.add_batch(origin=PEER_A, seq=1, tlp=CLEAR, indicators=batch, received_ms=0)
+    assert result == AddResult(duplicate=False, inserted=2, merged=0)
+    # One of them again, from another origin: it merges into its own row only.
+    again = [indicator(0, value=second, tags=["again"])]
+    result = store.add_batch(origin=PEER_B, seq=1, tlp=GREEN, indicators=again, received_ms=0)
+    assert result == AddResult(duplicate=False, inserted=0, merged=1)
+    rows = {row.indicator.value: row for row in store.query()}
+    assert (list(rows[first].indicator.tags), rows[first].sightings) == (["one"], 1)
+    assert (list(rows[second].indicator.tags), rows[second].sightings) == (["again", "two"], 2)
+    assert rows[second].origins == (PEER_A, PEER_B)
+    assert [row.indicator.value for row in store.query(value=second)] == [second]
+    assert store.max_levels([(FQDN, first), (FQDN, second), (URL, first)]) == {
+        (FQDN, first): CLEAR,
+        (FQDN, second): GREEN,
+    }
+
+
+def test_origins_are_bounded_on_rows_that_move_in_the_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "MAX_ORIGINS", 2)
+    batch = [indicator(number) for number in range(3)]
+    for origin in (PEER_C, PEER_B):
+        store.add_batch(origin=origin, seq=1, tlp=CLEAR, indicators=batch, received_ms=0)
+    # Seen later, and from a third origin: the rows move in last_seen order and keep the two
+    # smallest peer IDs.
+    later = [indicator(number, last_seen_ms=9_000 + number) for number in range(2)]
+    later.append(indicator(2))  # not later: stays in place
+    result = store.add_batch(origin=PEER_A, seq=1, tlp=CLEAR, indicators=later, received_ms=0)
+    assert result == AddResult(duplicate=False, inserted=0, merged=3)
+    rows = store.query()
+    assert [row.indicator.value for row in rows] == [
+        "host-1.example",
+        "host-0.example",
+        "host-2.example",
+    ]
+    assert {row.origins for row in rows} == {(PEER_A, PEER_B)}
+    assert {row.sightings for row in rows} == {3}
