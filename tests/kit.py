@@ -34,6 +34,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node
+from threatmesh.node.store import Store
 from threatmesh.transports.libp2p_host import connect
 
 LOOPBACK_TCP = "/ip4/127.0.0.1/tcp/0"
@@ -255,3 +256,17 @@ def assert_one_line_error(err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def dump(store: Store) -> list[tuple[bytes, int, int, tuple[str, ...], tuple[str, ...]]]:
+    """Everything a store's query returns, comparable with ==."""
+    return [
+        (
+            row.indicator.SerializeToString(deterministic=True),
+            row.max_tlp,
+            row.sightings,
+            row.providers,
+            row.origins,
+        )
+        for row in store.query()
+    ]

@@ -23,6 +23,7 @@ import hypothesis.strategies as st
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
+from kit import dump
 
 import threatmesh.node.store as store_module
 import threatmesh.node.store_read as store_read
@@ -81,20 +82,6 @@ def only(store: Store) -> StoredIndicator:
 
 def values(rows: list[StoredIndicator]) -> list[str]:
     return [row.indicator.value for row in rows]
-
-
-def dump(store: Store) -> list[tuple[bytes, int, int, tuple[str, ...], tuple[str, ...]]]:
-    """Everything a query returns, comparable with ==."""
-    return [
-        (
-            row.indicator.SerializeToString(deterministic=True),
-            row.max_tlp,
-            row.sightings,
-            row.providers,
-            row.origins,
-        )
-        for row in store.query()
-    ]
 
 
 # Merging -----------------------------------------------------------------------------------------

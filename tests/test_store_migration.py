@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from kit import dump
 
 from threatmesh.node.store import STORE_FILE_NAME, Store, StoredIndicator
 from threatmesh.node.store_schema import APPLICATION_ID, SCHEMA_VERSION
@@ -165,19 +166,6 @@ def fresh_store(path: Path) -> Store:
     store.add_batch(origin=PEER_A, seq=1, tlp=GREEN, indicators=BATCH_A1, received_ms=99)
     store.add_batch(origin=PEER_B, seq=2, tlp=GREEN, indicators=BATCH_B2, received_ms=99)
     return store
-
-
-def dump(store: Store) -> list[tuple[bytes, int, int, tuple[str, ...], tuple[str, ...]]]:
-    return [
-        (
-            row.indicator.SerializeToString(deterministic=True),
-            row.max_tlp,
-            row.sightings,
-            row.providers,
-            row.origins,
-        )
-        for row in store.query()
-    ]
 
 
 def schema_version(path: Path) -> int:
