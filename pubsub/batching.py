@@ -6,7 +6,16 @@ when the first of these bounds is reached:
 
 - ``max_indicators`` indicators,
 - ``max_bytes`` of encoded indicators (kept well under the pubsub message limit),
-- ``window_s`` seconds since its first indicator (about 50 ms: a short wait for latency).
+- ``window_s`` seconds since its first indicator (about 50 ms: a short wait for latency),
+  and at least ``min_interval_s`` since the previous batch of its level closed.
+
+The interval paces a steady stream: what a node can relay is bound by messages more than by
+indicators (bench/README.md: ~6 ms of CPU per batch on each node of a 10-node mesh on 2
+cores, whatever its size up to a few hundred indicators), so three publishers each closing a
+batch every 50 ms overloaded the mesh at any rate, and latency grew to seconds. With the
+interval, a steady publisher sends at most ``1 / min_interval_s`` batches per second and
+level; an indicator after a quiet spell still leaves after ``window_s``, and full batches
+(count or bytes) leave at once, whatever the interval.
 
 ``Batcher`` is pure: the caller passes ``now`` (a monotonic clock, for windows) and
 ``wall_ms`` (epoch milliseconds, stamped into ``Batch.sent_ms``) and gets closed batches
@@ -32,6 +41,7 @@ class BatchLimits:
     max_indicators: int = 2000
     max_bytes: int = 512 * 1024
     window_s: float = 0.05
+    min_interval_s: float = 0.15  # measured in bench/throughput.py: see the module docstring
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Batcher:
         self.limits = limits
         self.last_seq = last_seq
         self._open: dict[int, _Open] = {}
+        self._last_closed: dict[int, float] = {}  # per level: when its last batch closed
 
     def add(
         self, indicators: Iterable[pb.Indicator], tlp: int, now: float, wall_ms: int
@@ -59,34 +70,33 @@ class Batcher:
             size = indicator.ByteSize() + _FIELD_OVERHEAD_BYTES
             current = self._open.get(tlp)
             if current is not None and current.size_bytes + size > self.limits.max_bytes:
-                closed.append(self._close(tlp, wall_ms))
+                closed.append(self._close(tlp, now, wall_ms))
                 current = None
             if current is None:
                 current = self._open[tlp] = _Open(tlp=tlp, opened_at=now)
             current.indicators.append(indicator)
             current.size_bytes += size
             if len(current.indicators) >= self.limits.max_indicators:
-                closed.append(self._close(tlp, wall_ms))
+                closed.append(self._close(tlp, now, wall_ms))
         return closed
 
     def due(self, now: float, wall_ms: int) -> list[pb.Batch]:
-        """Close every batch whose window has passed."""
-        expired = [
-            tlp
-            for tlp, current in self._open.items()
-            if now - current.opened_at >= self.limits.window_s
-        ]
-        return [self._close(tlp, wall_ms) for tlp in expired]
+        """Close every batch whose window and interval have passed."""
+        expired = [tlp for tlp in self._open if now >= self._deadline(tlp)]
+        return [self._close(tlp, now, wall_ms) for tlp in expired]
 
     def flush(self, wall_ms: int) -> list[pb.Batch]:
         """Close every open batch (at shutdown)."""
-        return [self._close(tlp, wall_ms) for tlp in list(self._open)]
+        return [self._close(tlp, None, wall_ms) for tlp in list(self._open)]
 
     def next_deadline(self) -> float | None:
-        """When the oldest open batch must be closed, or None if nothing is open."""
-        if not self._open:
-            return None
-        return min(current.opened_at for current in self._open.values()) + self.limits.window_s
+        """When the first open batch must be closed, or None if nothing is open."""
+        return min((self._deadline(tlp) for tlp in self._open), default=None)
+
+    def _deadline(self, tlp: int) -> float:
+        window_ends = self._open[tlp].opened_at + self.limits.window_s
+        interval_ends = self._last_closed.get(tlp, float("-inf")) + self.limits.min_interval_s
+        return max(window_ends, interval_ends)
 
     def has_open(self, tlp: int) -> bool:
         return tlp in self._open
@@ -94,8 +104,10 @@ class Batcher:
     def pending(self) -> int:
         return sum(len(current.indicators) for current in self._open.values())
 
-    def _close(self, tlp: int, wall_ms: int) -> pb.Batch:
+    def _close(self, tlp: int, now: float | None, wall_ms: int) -> pb.Batch:
         current = self._open.pop(tlp)
+        if now is not None:
+            self._last_closed[tlp] = now
         self.last_seq += 1
         return pb.Batch(
             seq=self.last_seq,

@@ -102,3 +102,30 @@ def test_topic_names() -> None:
 def test_foreign_topics_are_refused(topic: str) -> None:
     with pytest.raises(TopicError):
         parse_tlp_topic(topic)
+
+
+def test_a_steady_stream_is_paced_by_the_interval_and_a_quiet_one_is_not() -> None:
+    batcher = Batcher(BatchLimits(window_s=0.05, min_interval_s=0.15))
+    batcher.add([_indicator(1)], pb.TLP_CLEAR, now=0.0, wall_ms=0)
+    [first] = batcher.due(now=0.05, wall_ms=0)  # the first waits for its window only
+    batcher.add([_indicator(2)], pb.TLP_CLEAR, now=0.06, wall_ms=0)
+    batcher.add([_indicator(3)], pb.TLP_CLEAR, now=0.12, wall_ms=0)
+    assert batcher.next_deadline() == pytest.approx(0.20)  # 0.05 + the interval
+    assert batcher.due(now=0.19, wall_ms=0) == []
+    [second] = batcher.due(now=0.20, wall_ms=0)
+    assert [len(batch.indicators) for batch in (first, second)] == [1, 2]
+    # After a quiet spell the window alone applies again.
+    batcher.add([_indicator(4)], pb.TLP_CLEAR, now=5.0, wall_ms=0)
+    assert batcher.next_deadline() == pytest.approx(5.05)
+    # Each level has its own interval.
+    batcher.add([_indicator(5, pb.TLP_RED)], pb.TLP_RED, now=5.0, wall_ms=0)
+    assert {batch.tlp for batch in batcher.due(now=5.05, wall_ms=0)} == {
+        pb.TLP_CLEAR,
+        pb.TLP_RED,
+    }
+
+
+def test_full_batches_leave_at_once_whatever_the_interval() -> None:
+    batcher = Batcher(BatchLimits(max_indicators=2, window_s=0.05, min_interval_s=10.0))
+    closed = batcher.add([_indicator(n) for n in range(6)], pb.TLP_CLEAR, now=0.0, wall_ms=0)
+    assert [len(batch.indicators) for batch in closed] == [2, 2, 2]
