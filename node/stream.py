@@ -171,13 +171,18 @@ class Subscription:
         if kept:
             self._batches.append((kept, origin, seq))
             self._room -= len(kept)
-            self._arrived.set()
+            self._wake()
         return dropped
 
     def close(self) -> None:
         self._closed = True
         self._batches.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        # Every waiting reader holds the current event; the next ones wait on a fresh one.
         self._arrived.set()
+        self._arrived = trio.Event()
 
     def __aiter__(self) -> AsyncIterator[Received]:
         return self
@@ -190,16 +195,13 @@ class Subscription:
 
     async def receive(self) -> Received:
         """The next indicator; raises ``trio.EndOfChannel`` once closed."""
-        while not self._batches:
-            if self._closed:
-                raise trio.EndOfChannel
-            self._arrived = trio.Event()
-            await self._arrived.wait()
         self._yielded += 1
         if self._yielded % _CHECKPOINT_EVERY == 0:
             await trio.lowlevel.checkpoint()  # a consumer that never waits still lets others run
-            if not self._batches:  # closed meanwhile
+        while not self._batches:
+            if self._closed:
                 raise trio.EndOfChannel
+            await self._arrived.wait()
         indicators, origin, seq = self._batches[0]
         indicator = indicators[self._next]
         self._next += 1

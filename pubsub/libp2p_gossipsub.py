@@ -30,7 +30,8 @@ threat-intel firehose is fixed here, and only here (file:line are for libp2p 0.8
   publishes and the peer that sent it to us included. That halves the queue under a burst.
   Ours follows go-libp2p: only for received messages of at least ``idontwant_min_bytes``, not to
   the forwarder or the origin, never to a peer whose queue is above the watermark, and on
-  arrival, before validation (upstream waits until the message is validated and forwarded,
+  arrival, once its signature checks but before validation (a copy with a bad signature
+  must not turn the real one away; upstream waits until the message is validated and forwarded,
   by which time the other mesh peers have sent their copies). Upstream also checks a peer's
   IDONTWANTs only when a message is queued for it; ``write_msg`` checks again when the queued
   copy is written, which under load is much later (a batch is ~400 KB; each copy not sent
@@ -142,7 +143,7 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.pubsub.subscription import TrioSubscriptionAPI
 from libp2p.pubsub.utils import maybe_consume_signed_record
-from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
+from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX, signature_validator
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.varint import encode_uvarint
 
@@ -165,12 +166,12 @@ SENDER_RECORD_REFRESH_S = 600.0
 COALESCE_BYTES = 64 * 1024 - 64
 # (origin, seqno) keys remembered for the equivocation check, oldest dropped first.
 EQUIVOCATION_KEYS = 4096
-# Message IDs remembered by (origin, seqno, signature) for the write-time IDONTWANT check, so a
+# Message IDs remembered by signature for the write-time IDONTWANT check, so a
 # 400 KB batch is hashed once, not once per peer; FIFO, a few seconds of a busy stream.
 _WRITE_ID_CACHE = 1024
 
 # What an RPC adds around our payload: signature and public key (up to ~1.1 KiB for RSA-4096),
-# origin ID, seqno, topic, the signed peer record py-libp2p attaches to every RPC (~0.5 KiB).
+# origin ID, seqno, topic, our signed peer record when the stream is due for one (~0.5 KiB).
 RPC_ENVELOPE_ALLOWANCE_BYTES = 4 * 1024
 
 # The backoff of a PRUNE sent because the peer is not trusted for the topic (see _gate_prune).
@@ -515,17 +516,17 @@ class ThreatmeshGossipSub(GossipSub):
         """Upstream's IDONTWANT, called without the forwarder; replaced by ``send_idontwant``."""
         return None
 
-    async def send_idontwant(self, forwarder: ID, msg: rpc_pb2.Message) -> None:
+    async def send_idontwant(self, forwarder: ID, msg: rpc_pb2.Message, msg_id: bytes) -> None:
         """IDONTWANT per GossipSub v1.2, as go-libp2p sends it (see the module docstring).
 
-        Called by ``ThreatmeshPubsub.push_msg`` when a message arrives, before validation.
+        Called by ``ThreatmeshPubsub.push_msg`` when a message arrives: after its signature
+        check, before validation.
         """
         pubsub = self.pubsub
         if pubsub is None or forwarder == pubsub.my_id:
             return
         if len(msg.data) < self.settings.idontwant_min_bytes:
             return
-        msg_id = pubsub.get_message_id(msg)
         mesh_peers = {peer for topic in msg.topicIDs for peer in self.mesh.get(topic, ())}
         for peer_id in mesh_peers - {forwarder, ID(msg.from_id)}:
             if self.peer_protocol.get(peer_id) != PROTOCOL_ID_V12:
@@ -679,10 +680,17 @@ class ThreatmeshPubsub(Pubsub):
             pass  # the stream or connection closed: upstream ends the loop quietly too
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
-        if self._is_msg_seen(msg):  # upstream returns here too (pubsub.py:1729), uncounted
+        msg_id = self._msg_id_constructor(msg)
+        if self.seen_messages.has(msg_id):  # upstream returns here too (pubsub.py:1729)
             self.counters.duplicate_messages += 1
             return
-        await self.gossip.send_idontwant(msg_forwarder, msg)
+        # Upstream's first checks (pubsub.py:1714-1749), before our IDONTWANT: a copy with a
+        # bad signature, or from a blacklisted peer, must not make us turn the real one away.
+        if self.is_peer_blacklisted(msg_forwarder) or self.is_peer_blacklisted(ID(msg.from_id)):
+            return
+        if not signature_validator(msg):
+            return
+        await self.gossip.send_idontwant(msg_forwarder, msg, msg_id)
         try:
             await super().push_msg(msg_forwarder, msg)
         except IgnoreMessage:
@@ -909,18 +917,21 @@ class ThreatmeshPubsub(Pubsub):
         if not cut:
             return rpc
         self.counters.unwanted_cut += cut
-        out = rpc_pb2.RPC()
-        out.CopyFrom(rpc)
-        del out.publish[:]
-        out.publish.extend(keep)
+        out = rpc_pb2.RPC(subscriptions=rpc.subscriptions, publish=keep)  # no copy of the cut
+        if rpc.HasField("control"):
+            out.control.CopyFrom(rpc.control)
+        if rpc.HasField("senderRecord"):
+            out.senderRecord = rpc.senderRecord
         if not out.publish and not out.subscriptions and not out.HasField("control"):
             return None
         return out
 
     def _write_id(self, msg: rpc_pb2.Message) -> bytes:
         # Keyed by signature: what reaches write_msg was signed (StrictSign) and validated, or
-        # is ours, and one signature covers one payload.
+        # is ours, and one signature covers one payload. Unsigned: not cached.
         key = msg.signature
+        if not key:
+            return message_id(msg)
         msg_id = self._write_ids.get(key)
         if msg_id is None:
             msg_id = self._write_ids[key] = message_id(msg)
@@ -933,7 +944,9 @@ class ThreatmeshPubsub(Pubsub):
         here) carried our signed peer record: count it as the stream's first."""
         stream = self.peers.get(peer_id)
         if stream is not None:
-            self._record_sent[stream] = trio.current_time()
+            # Upstream also flushes at every later SUBSCRIBE of the peer (pubsub.py:1333),
+            # which sends no record: only the first call counts.
+            self._record_sent.setdefault(stream, trio.current_time())
 
     def _set_sender_record(self, stream: INetStream, rpc: rpc_pb2.RPC) -> None:
         """Our signed peer record on the stream's first RPC and then every refresh interval."""

@@ -609,6 +609,30 @@ async def test_copies_of_a_seen_message_are_counted(net: Net) -> None:
     assert a.pubsub.counters.duplicate_messages == 0
 
 
+async def test_a_copy_with_a_bad_signature_sends_no_idontwant(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = await net.start(), await net.start(), await net.start()
+    for peer in (a, b, c):
+        await peer.pubsub.subscribe(TOPIC)
+    c_sub = c.pubsub.subscribed_topics_receive[TOPIC]
+    await net.connect(b, a)
+    await net.connect(c, b)
+    await b.pubsub.wait_for_mesh(c.id, TOPIC)
+    sent: list[ID] = []
+
+    async def spy(ids: list[bytes], to_peer: ID) -> None:
+        sent.append(to_peer)
+
+    monkeypatch.setattr(b.router, "emit_idontwant", spy)
+    forged = a.pubsub.sign(TOPIC, bytes(GossipSettings().idontwant_min_bytes))
+    forged.signature = bytes(len(forged.signature))
+    a.router.send_rpc(b.id, rpc_pb2.RPC(publish=[forged]))
+    await a.pubsub.publish(TOPIC, b"after")  # same stream: b handled the forged copy first
+    assert await receive_until(c_sub, b"after") == [b"after"]
+    assert sent == []  # the real payload would still be wanted
+
+
 # Message size -------------------------------------------------------------------------------
 
 

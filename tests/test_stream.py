@@ -273,3 +273,22 @@ async def test_a_waiting_subscriber_wakes_for_a_batch_and_ends_when_closed() -> 
             await trio.testing.wait_all_tasks_blocked()
             assert got == ["w0.example", "w1.example"]
             subscription.close()
+
+
+async def test_two_readers_of_one_subscription_share_it_and_both_end_at_close() -> None:
+    subscription = Subscription(frozenset({pb.TLP_CLEAR}), buffer=10)
+    got: list[str] = []
+
+    async def read() -> None:
+        async for item in subscription:
+            got.append(item.indicator.value)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            subscription.offer_batch(_indicators(3, "s"), "origin", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(got) == ["s0.example", "s1.example", "s2.example"]
+            subscription.close()  # both readers end
