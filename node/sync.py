@@ -13,7 +13,10 @@ When the node asks:
 - A peer joins (``PeerJoined`` from discovery — at start from the peer cache, after a
   partition heals, when a new peer is found): ask it for its heads (``SyncHeads``: the highest
   seq it holds per origin) and fetch every range we miss. At most ``CATCH_UP_PARALLEL`` peers
-  at once, and one peer at most every ``CATCH_UP_MIN_INTERVAL_S``.
+  at once, and one peer at most every ``CATCH_UP_MIN_INTERVAL_S``. A catch-up that fails
+  (e.g. a restarted peer that dials before its sync protocol is served) is tried again after
+  ``CATCH_UP_RETRY_S``, doubling, ``CATCH_UP_RETRIES`` times, while the peer stays connected:
+  nothing else would ask again (no gap shows when the missed batches are the newest).
 - A batch arrives above a hole in its origin's sequence: after ``GAP_GRACE_S`` (gossip may
   deliver out of order) the holes still open are fetched from the origin if connected, then
   from the supernodes (they keep a longer history), then from other connected peers.
@@ -54,6 +57,7 @@ from threatmesh.node.sync_policy import (
 )
 from threatmesh.pubsub.libp2p_gossipsub import ThreatmeshPubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
+from threatmesh.transports.libp2p_host import connected_peers
 
 log = get_logger("threatmesh.sync")
 
@@ -68,6 +72,8 @@ CATCH_UP_MIN_INTERVAL_S = 1.0  # per peer: a heads request is cheap; joins are w
 MAX_REMEMBERED_PEERS = 4096  # when catch-up last ran with a peer (pruned beyond this)
 CATCH_UP_QUEUE = 256  # peers waiting for a catch-up; more are dropped (they come back later)
 GAP_GRACE_S = 2.0
+CATCH_UP_RETRY_S = 2.0  # first retry of a failed catch-up; doubles each time
+CATCH_UP_RETRIES = 4
 MAX_PAGES_PER_RANGE = 1_000
 
 
@@ -114,6 +120,8 @@ class Sync:
         self._last_catch_up: dict[ID, float] = {}
         self._queue_send, self._queue_receive = trio.open_memory_channel[ID](CATCH_UP_QUEUE)
         self._queued: set[ID] = set()
+        self._failures: dict[ID, int] = {}  # failed catch-ups in a row, per peer
+        self._nursery: trio.Nursery | None = None
         self._gaps: set[str] = set()  # origins with a gap check pending
         self._gap_send, self._gap_receive = trio.open_memory_channel[str](CATCH_UP_QUEUE)
         self.counters = SyncCounters()
@@ -133,6 +141,7 @@ class Sync:
         self._host.set_stream_handler(PROTOCOL_ID, self._serve)
         self._stream.on_gap = self.gap
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._watch_membership, membership)
             for _ in range(CATCH_UP_PARALLEL):
                 nursery.start_soon(self._catch_up_worker)
@@ -185,6 +194,26 @@ class Sync:
                 await self.catch_up(peer)
             except SyncError as error:
                 log.info("catch-up failed", peer=str(peer), error=str(error))
+                self._retry_later(peer)
+            else:
+                self._failures.pop(peer, None)
+
+    def _retry_later(self, peer: ID) -> None:
+        failures = self._failures.get(peer, 0) + 1
+        if failures > CATCH_UP_RETRIES or self._nursery is None:
+            self._failures.pop(peer, None)
+            return
+        if len(self._failures) >= MAX_REMEMBERED_PEERS:
+            self._failures.clear()
+        self._failures[peer] = failures
+        self._nursery.start_soon(self._retry, peer, CATCH_UP_RETRY_S * 2 ** (failures - 1))
+
+    async def _retry(self, peer: ID, delay_s: float) -> None:
+        await trio.sleep(delay_s)
+        if peer in connected_peers(self._host):
+            self.catch_up_soon(peer)
+        else:
+            self._failures.pop(peer, None)  # it left: its next join starts afresh
 
     async def _gap_worker(self) -> None:
         async for first in self._gap_receive:

@@ -21,11 +21,12 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.utils import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
+import threatmesh.node.sync as sync_module
 from threatmesh.identity import TrustStore, generate_identity
 from threatmesh.node.config import NodeConfig
 from threatmesh.node.home import Home
 from threatmesh.node.node import Node
-from threatmesh.node.sync import MAX_FRAME_BYTES, PROTOCOL_ID, SERVE_PARALLEL_PER_PEER
+from threatmesh.node.sync import MAX_FRAME_BYTES, PROTOCOL_ID, SERVE_PARALLEL_PER_PEER, SyncError
 from threatmesh.pubsub.libp2p_gossipsub import IgnoreMessage
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
 from threatmesh.transports.addrs import parse_listen_addr
@@ -269,3 +270,29 @@ async def test_hostile_requests_are_bounded_and_the_node_keeps_serving(swarm: Sw
     # The node still serves a well-behaved peer.
     b = await swarm.start("b", bootstrap=(swarm.addr("a"),))
     await wait_until(lambda: holds(b, "h", 5), TIMEOUT_S)
+
+
+async def test_a_failed_catch_up_is_tried_again_while_the_peer_stays(
+    swarm: Swarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when a restarted peer dials us before it serves the sync protocol: the first catch-up
+    # fails, and no gap would ever ask again (what b missed are a's newest batches).
+    monkeypatch.setattr(sync_module, "CATCH_UP_RETRY_S", 0.05)
+    monkeypatch.setattr(sync_module, "CATCH_UP_MIN_INTERVAL_S", 0.0)  # it is under the retry's
+    failed: set[int] = set()
+    real_catch_up = sync_module.Sync.catch_up
+
+    async def failing_first(self: sync_module.Sync, peer: ID) -> int:
+        if id(self) not in failed:
+            failed.add(id(self))
+            raise SyncError("not served yet (test)")
+        return await real_catch_up(self, peer)
+
+    monkeypatch.setattr(sync_module.Sync, "catch_up", failing_first)
+    a = await swarm.start("a")
+    await a.publish(records("before-b", 5), tlp="clear")
+    mcache = a.pubsub.gossip.mcache  # let gossip's replay window pass: only catch-up can bring them
+    await wait_until(lambda: not mcache.window("/threatmesh/public/tlp/clear/1"), TIMEOUT_S)
+    b = await swarm.start("b", bootstrap=(swarm.addr("a"),))
+    await wait_until(lambda: holds(b, "before-b", 5), TIMEOUT_S)
+    assert b.status()["sync"]["batches_fetched"] >= 1
