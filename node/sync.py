@@ -54,6 +54,7 @@ from threatmesh.node.sync_policy import (
     gap_sources,
     page,
     ranges_to_fetch,
+    retry_delay_s,
 )
 from threatmesh.pubsub.libp2p_gossipsub import ThreatmeshPubsub
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
@@ -200,13 +201,14 @@ class Sync:
 
     def _retry_later(self, peer: ID) -> None:
         failures = self._failures.get(peer, 0) + 1
-        if failures > CATCH_UP_RETRIES or self._nursery is None:
+        delay_s = retry_delay_s(failures, first_s=CATCH_UP_RETRY_S, retries=CATCH_UP_RETRIES)
+        if delay_s is None or self._nursery is None:
             self._failures.pop(peer, None)
             return
         if len(self._failures) >= MAX_REMEMBERED_PEERS:
             self._failures.clear()
         self._failures[peer] = failures
-        self._nursery.start_soon(self._retry, peer, CATCH_UP_RETRY_S * 2 ** (failures - 1))
+        self._nursery.start_soon(self._retry, peer, delay_s)
 
     async def _retry(self, peer: ID, delay_s: float) -> None:
         await trio.sleep(delay_s)

@@ -130,3 +130,11 @@ def gap_sources(
     sources += [peer for peer in preferred if peer in connected and peer not in sources]
     sources += [peer for peer in connected if peer not in sources][:others]
     return sources
+
+
+def retry_delay_s(failures: int, *, first_s: float, retries: int) -> float | None:
+    """How long to wait before catch-up try ``failures + 1`` with a peer after ``failures``
+    failures in a row: ``first_s``, doubling; None once ``retries`` retries have been made."""
+    if not 1 <= failures <= retries:
+        return None
+    return first_s * float(2 ** (failures - 1))

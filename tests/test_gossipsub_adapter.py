@@ -136,6 +136,18 @@ async def subscribed_pair(net: Net) -> tuple[Peer, Peer, ISubscriptionAPI]:
     return a, b, subscription
 
 
+async def subscribed_line(net: Net) -> tuple[Peer, Peer, Peer, ISubscriptionAPI]:
+    """a - b - c, all subscribed to TOPIC, meshed along the line; c's subscription."""
+    a, b, c = await net.start(), await net.start(), await net.start()
+    for peer in (a, b, c):
+        await peer.pubsub.subscribe(TOPIC)
+    await net.connect(b, a)
+    await net.connect(c, b)
+    await a.pubsub.wait_for_mesh(b.id, TOPIC)
+    await b.pubsub.wait_for_mesh(c.id, TOPIC)
+    return a, b, c, c.pubsub.subscribed_topics_receive[TOPIC]
+
+
 # Protocols ----------------------------------------------------------------------------------
 
 
@@ -536,14 +548,7 @@ async def test_a_full_subscription_queue_is_counted(net: Net) -> None:
 async def test_idontwant_only_for_received_large_messages_and_not_back_to_the_sender(
     net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b, c = await net.start(), await net.start(), await net.start()
-    for peer in (a, b, c):
-        await peer.pubsub.subscribe(TOPIC)
-    c_sub = c.pubsub.subscribed_topics_receive[TOPIC]
-    await net.connect(b, a)
-    await net.connect(c, b)
-    await a.pubsub.wait_for_mesh(b.id, TOPIC)
-    await b.pubsub.wait_for_mesh(c.id, TOPIC)
+    a, b, c, c_sub = await subscribed_line(net)
     sent: list[tuple[str, ID]] = []
     for name, peer in (("a", a), ("b", b)):
 
@@ -612,13 +617,7 @@ async def test_copies_of_a_seen_message_are_counted(net: Net) -> None:
 async def test_a_copy_with_a_bad_signature_sends_no_idontwant(
     net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a, b, c = await net.start(), await net.start(), await net.start()
-    for peer in (a, b, c):
-        await peer.pubsub.subscribe(TOPIC)
-    c_sub = c.pubsub.subscribed_topics_receive[TOPIC]
-    await net.connect(b, a)
-    await net.connect(c, b)
-    await b.pubsub.wait_for_mesh(c.id, TOPIC)
+    a, b, _, c_sub = await subscribed_line(net)
     sent: list[ID] = []
 
     async def spy(ids: list[bytes], to_peer: ID) -> None:

@@ -257,17 +257,17 @@ async def test_a_subscription_yields_batches_in_order_and_counts_what_overflows(
     assert subscription.offer_batch(_indicators(1, "d"), "origin-d", 3) == 0
 
 
+async def _read_values(subscription: Subscription, into: list[str]) -> None:
+    async for item in subscription:
+        into.append(item.indicator.value)
+
+
 async def test_a_waiting_subscriber_wakes_for_a_batch_and_ends_when_closed() -> None:
     subscription = Subscription(frozenset({pb.TLP_CLEAR}), buffer=10)
     got: list[str] = []
-
-    async def read() -> None:
-        async for item in subscription:
-            got.append(item.indicator.value)
-
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
+            nursery.start_soon(_read_values, subscription, got)
             await trio.testing.wait_all_tasks_blocked()
             subscription.offer_batch(_indicators(2, "w"), "origin", 1)
             await trio.testing.wait_all_tasks_blocked()
@@ -278,15 +278,10 @@ async def test_a_waiting_subscriber_wakes_for_a_batch_and_ends_when_closed() -> 
 async def test_two_readers_of_one_subscription_share_it_and_both_end_at_close() -> None:
     subscription = Subscription(frozenset({pb.TLP_CLEAR}), buffer=10)
     got: list[str] = []
-
-    async def read() -> None:
-        async for item in subscription:
-            got.append(item.indicator.value)
-
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            nursery.start_soon(read)
+            nursery.start_soon(_read_values, subscription, got)
+            nursery.start_soon(_read_values, subscription, got)
             await trio.testing.wait_all_tasks_blocked()
             subscription.offer_batch(_indicators(3, "s"), "origin", 1)
             await trio.testing.wait_all_tasks_blocked()

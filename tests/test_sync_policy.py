@@ -19,6 +19,7 @@ from threatmesh.node.sync_policy import (
     may_give,
     page,
     ranges_to_fetch,
+    retry_delay_s,
 )
 from threatmesh.pubsub.gating import Audience
 from threatmesh.pubsub.proto import threatmesh_pb2 as pb
@@ -134,3 +135,8 @@ def test_gap_sources_ask_the_origin_then_supernodes_then_a_few_others() -> None:
     assert gap_sources(origin, connected, [super1, super2])[:2] == [origin, super2]
     assert len(gap_sources(origin, connected, [super1, super2])) == 2 + 3
     assert gap_sources(origin, [a, b], [super1]) == [a, b]  # neither origin nor supernodes
+
+
+def test_catch_up_retries_double_and_stop() -> None:
+    delays = [retry_delay_s(failures, first_s=2.0, retries=4) for failures in range(0, 7)]
+    assert delays == [None, 2.0, 4.0, 8.0, 16.0, None, None]
